@@ -43,16 +43,26 @@ class Services:
     bundles: Any = None
     embedded: EmbeddedMongo | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    routers: list[Any] = field(default_factory=list)  # extra FastAPI routers mounted at the root (auth pages…)
+    authenticator: Any = None  # callable(Request) -> Caller; None: auth off
+    security: dict[str, Any] | None = None  # CapabilityStatement.rest.security
     _capability: dict[str, Any] | None = None
 
     def authenticate(self, request: Request) -> Caller:
         """The caller of a request (auth off: anonymous with every right)."""
-        return Caller()
+        if self.authenticator is None:
+            return Caller()
+        return self.authenticator(request)
+
+    def set_policy(self, policy: AccessPolicy) -> None:
+        """Swap the access policy behind the one Guard every interaction uses."""
+        self.policy = policy
+        self.fhir.guard.policy = policy
 
     def capability_statement(self, mode: str | None = None) -> dict[str, Any]:
         if self._capability is None:
             self._capability = build_capability_statement(self.settings.fhir_base, self.operations,
-                                                          self.fhir.searcher)
+                                                          self.fhir.searcher, security=self.security)
         return self._capability
 
     def close(self) -> None:
@@ -86,11 +96,39 @@ def build_services(settings: Settings) -> Services:
                            default_count=settings.default_page_size, max_count=settings.max_page_size,
                            binary_inline_max=settings.binary_inline_max)
         operations = OperationRegistry()
-        return Services(settings, repo, fhir, operations, policy, embedded=embedded)
+        services = Services(settings, repo, fhir, operations, policy, embedded=embedded)
+        for installer in EXTENSIONS:
+            _install(installer, services)
+        return services
     except BaseException:
         if embedded is not None:
             embedded.stop()
         raise
+
+
+# Each feature package wires itself in with ``install(services)``: it may swap the
+# searcher, indexer or policy, register operations and add routers. Listed here,
+# in order; a module that does not exist yet is skipped.
+EXTENSIONS = (
+    "fhir_server.search.wiring",
+    "fhir_server.rest.bundles",
+    "fhir_server.documents.wiring",
+    "fhir_server.space.wiring",
+    "fhir_server.audit.wiring",
+    "fhir_server.auth.wiring",
+)
+
+
+def _install(module_name: str, services: Services) -> None:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return
+        raise
+    module.install(services)
 
 
 def _secret(settings: Settings) -> bytes:
@@ -99,24 +137,26 @@ def _secret(settings: Settings) -> bytes:
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
-    """A fresh app. With ``services`` given, the caller owns their lifetime (tests)."""
+    """A fresh app. With ``services`` given, the caller owns their lifetime (tests);
+    otherwise they are built now (starting the embedded database if needed) and
+    closed when the app shuts down."""
     settings = settings or (services.settings if services else get_settings())
     from fhir_server.api.errors import install_error_handlers
     from fhir_server.api.limits import BodyLimitMiddleware
     from fhir_server.api.routes import router
 
+    owned = services is None
+    if services is None:
+        services = build_services(settings)
+    svc = services
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = None
-        if getattr(app.state, "services", None) is None:
-            owned = build_services(settings)
-            app.state.services = owned
         try:
             yield
         finally:
-            if owned is not None:
-                owned.close()
-                app.state.services = None
+            if owned:
+                svc.close()
 
     app = FastAPI(title="FHIR R4 server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.services = services
@@ -125,5 +165,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     prefix = urlparse(settings.fhir_base).path.rstrip("/")
     app.include_router(router, prefix=prefix)
+    for extra in services.routers:
+        app.include_router(extra)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
