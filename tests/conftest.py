@@ -45,6 +45,7 @@ def make_settings(mongo_uri: str, **overrides: Any) -> Settings:
         "mongodb_database": f"t_{uuid.uuid4().hex[:12]}",
         "base_url": "http://testserver/fhir",
         "secret_key": "test-secret",
+        "auth": "off",  # tests of the security layer turn it on explicitly
     }
     values.update(overrides)
     return Settings(**values)
