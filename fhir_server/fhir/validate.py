@@ -10,7 +10,12 @@ empty objects/arrays/strings, id syntax and reference syntax. Every problem is a
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Iterator
+from datetime import date, datetime, time
+from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +163,8 @@ class Validator:
             raise InvalidResource(issues=_pydantic_issues(rtype, exc)) from exc
         except (ValueError, TypeError) as exc:
             raise InvalidResource(f"Invalid resource: {exc}", expression=rtype) from exc
-        issues = list(self._binding_issues(rtype, resource))
+        issues = list(_primitive_issues(models.model_class(rtype), resource, rtype))
+        issues += list(self._binding_issues(rtype, resource))
         if issues:
             raise InvalidResource(issues=issues)
 
@@ -218,3 +224,72 @@ def _walk(node: Any, parts: list[str], expr: str) -> Iterator[tuple[str, Any]]:
                 yield from _walk(item, parts[1:], f"{expr}.{head}[{i}]")
         else:
             yield from _walk(value, parts[1:], f"{expr}.{head}")
+
+
+# ----------------------------------------------------------- JSON primitive types
+# The R4B models coerce ("yes" -> True, "3" -> 3); FHIR JSON does not. Walk the JSON
+# beside the model's field annotations and insist on the JSON type of each primitive.
+_KIND_OF = {bool: "boolean", int: "integer", float: "number", Decimal: "number", str: "string",
+            date: "string", datetime: "string", time: "string"}
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"boolean": (bool,), "integer": (int,), "number": (int, float),
+                                            "string": (str,)}
+
+
+@cache
+def _field_kinds(cls: type) -> dict[str, tuple[str, Any]]:
+    """alias -> (kind, child model class or None); kind is a JSON type, "complex" or "resource"."""
+    out: dict[str, tuple[str, Any]] = {}
+    for name, f in cls.model_fields.items():  # type: ignore[attr-defined]
+        alias = f.alias or name
+        base = _unwrap(f.annotation)
+        if base in _KIND_OF:
+            out[alias] = (_KIND_OF[base], None)
+        elif isinstance(base, type) and base.__name__.endswith("Type") and hasattr(base, "get_model_klass"):
+            if base.__name__ == "ResourceType":
+                out[alias] = ("resource", None)
+            else:
+                try:
+                    out[alias] = ("complex", base.get_model_klass())
+                except Exception:  # noqa: BLE001 - unknown helper type: skip the check
+                    continue
+    return out
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType, list, typing.List):  # noqa: UP006
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _primitive_issues(cls: type, node: dict[str, Any], path: str) -> Iterator[Issue]:
+    kinds = _field_kinds(cls)
+    for key, value in node.items():
+        spec = kinds.get(key)
+        if spec is None:
+            continue
+        kind, child = spec
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}.{key}[{i}]" if isinstance(value, list) else f"{path}.{key}"
+            if item is None:
+                continue
+            if kind == "complex":
+                if isinstance(item, dict):
+                    yield from _primitive_issues(child, item, where)
+            elif kind == "resource":
+                rt = item.get("resourceType") if isinstance(item, dict) else None
+                if isinstance(rt, str) and models.is_resource_type(rt):
+                    yield from _primitive_issues(models.model_class(rt), item, where)
+            else:
+                ok = _JSON_TYPES[kind]
+                if not isinstance(item, ok) or (kind != "boolean" and isinstance(item, bool)):
+                    yield Issue(f"Expected a JSON {kind} for {where}, got {type(item).__name__}", "value", "error",
+                                (where,))
