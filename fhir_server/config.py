@@ -42,12 +42,47 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None, description="Secret signing paging cursors (shared by all API processes); required in production")
     binary_inline_max: int = Field(1024 * 1024, description="Binaries larger than this go to GridFS")
+    # --- security (SMART on FHIR authorization server, access policy, audit) ---
+    auth: Literal["on", "off"] = Field(
+        "on", description="off: serve the FHIR API without tokens (development only; refused in production)")
+    audit: Literal["auto", "on", "off"] = Field(
+        "auto", description="AuditEvent trail; auto = on whenever auth is on")
+    auth_issuer: str | None = Field(None, description="OAuth issuer; default: the FHIR base URL")
+    auth_url: str | None = Field(None, description="Public URL of the authorization endpoints; default: "
+                                                   "<origin of base_url>/auth")
+    auth_signing_key: Path | None = Field(
+        None, description="PEM RSA private key signing tokens; required in production "
+                          "(development: generated once and kept in <data_dir>/auth/)")
+    auth_access_token_lifetime: int = Field(900, description="Access token lifetime (s)")
+    auth_backend_token_lifetime: int = Field(300, description="Backend-services access token lifetime (s, <= 300)")
+    auth_code_lifetime: int = Field(60, description="Authorization code lifetime (s)")
+    auth_launch_lifetime: int = Field(300, description="EHR launch context lifetime (s)")
+    auth_session_lifetime: int = Field(8 * 3600, description="Login session lifetime (s); bounds online_access")
+    auth_offline_lifetime: int = Field(90 * 86400, description="offline_access refresh token lifetime (s)")
+    auth_rate_limit: int = Field(60, description="Requests per minute per client address on /authorize, "
+                                                 "/token, /introspect")
+    auth_login_rate_limit: int = Field(10, description="Login attempts per minute per address and user name")
+    auth_smart_style_url: str | None = Field(None, description="smart_style_url returned with tokens")
+    auth_oidc_upstream: str | None = Field(
+        None, description="Issuer URL of an upstream OpenID Connect identity provider (optional)")
+    auth_oidc_client_id: str | None = Field(None, description="Client id at the upstream identity provider")
+    auth_oidc_client_secret: str | None = Field(None, description="Client secret at the upstream provider")
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:
         if self.mode == "production" and not self.secret_key:
             raise ValueError("FHIR_SERVER_SECRET_KEY is required in production mode")
+        if self.mode == "production" and self.auth == "off":
+            raise ValueError("FHIR_SERVER_AUTH=off is refused in production mode")
+        if self.mode == "production" and not self.auth_signing_key:
+            raise ValueError("FHIR_SERVER_AUTH_SIGNING_KEY (a PEM key file) is required in production mode")
+        if self.auth_backend_token_lifetime > 300:
+            raise ValueError("FHIR_SERVER_AUTH_BACKEND_TOKEN_LIFETIME must be at most 300 seconds")
         return self
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit == "on" or (self.audit == "auto" and self.auth == "on")
 
     @property
     def fhir_base(self) -> str:
