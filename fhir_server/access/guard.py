@@ -30,14 +30,14 @@ class Guard:
         """The current version, or ``None`` when missing *or not visible to the caller*."""
         self.policy.require(caller, interaction, type_)
         stored = self.repo.current(type_, id_, tx)
-        if stored is None or not self._visible(caller, interaction, type_, stored):
+        if stored is None or not self.visible(caller, interaction, type_, stored):
             return None
         return stored
 
     def version(self, caller: Caller, type_: str, id_: str, version: int) -> Stored | None:
         self.policy.require(caller, "vread", type_)
         stored = self.repo.version(type_, id_, version)
-        if stored is None or not self._visible(caller, "vread", type_, stored):
+        if stored is None or not self.visible(caller, "vread", type_, stored):
             return None
         return stored
 
@@ -66,9 +66,9 @@ class Guard:
         if type_:
             self.policy.require(caller, "history", type_)
         rows = self.repo.history(type_=type_, id_=id_, since=since, at=at, before=before, limit=limit, types=types)
-        return [r for r in rows if self._visible(caller, "history", r.type, r)]
+        return [r for r in rows if self.visible(caller, "history", r.type, r)]
 
-    def _visible(self, caller: Caller, interaction: Interaction, type_: str, stored: Stored) -> bool:
+    def visible(self, caller: Caller, interaction: Interaction, type_: str, stored: Stored) -> bool:
         doc = {"_id": stored.id, "res": stored.resource, "sp": stored.owner, "del": stored.deleted}
         return self.policy.can_see(caller, interaction, type_, doc)
 

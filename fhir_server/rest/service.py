@@ -247,8 +247,8 @@ class FhirService:
 
         def op(t: Tx) -> Result:
             cur = self.repo.current(type_, id_, t)
-            visible = cur if cur is None else self.guard.current(ctx.caller, "update", type_, id_, t)
-            if cur is not None and visible is None:
+            self.guard.policy.require(ctx.caller, "update", type_)
+            if cur is not None and not self.guard.visible(ctx.caller, "update", type_, cur):
                 # exists but not visible: behave as if it did not exist, without overwriting it
                 raise NotFound(f"{type_}/{id_} is not known", expression=f"{type_}/{id_}")
             self._check_if_match(type_, id_, cur, if_match)
