@@ -6,7 +6,8 @@ COPY fhir_server ./fhir_server
 COPY profiles ./profiles
 COPY mappings ./mappings
 COPY terminologies ./terminologies
-RUN pip install --no-cache-dir . && useradd --create-home fhir
+# editable: the server reads profiles/, mappings/ and terminologies/ next to the package
+RUN pip install --no-cache-dir -e . && useradd --create-home fhir && mkdir -p /app/.data && chown fhir /app/.data
 USER fhir
 ENV FHIR_SERVER_HOST=0.0.0.0 FHIR_SERVER_PORT=8080
 EXPOSE 8080
