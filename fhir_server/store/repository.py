@@ -45,7 +45,7 @@ from pymongo.write_concern import WriteConcern
 
 from fhir_server.fhir.errors import Conflict, FhirError, NotImplementedFeature
 
-__all__ = ["Repository", "Stored", "Tx", "connect"]
+__all__ = ["Repository", "RetryTransaction", "Stored", "Tx", "connect"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +81,10 @@ class Stored:
     def from_history(cls, doc: Mapping[str, Any]) -> Stored:
         return cls(doc["t"], doc["rid"], doc["v"], doc["ts"], bool(doc.get("del")), doc.get("res"),
                    doc.get("sp"), doc.get("blob"), doc.get("m"))
+
+
+class RetryTransaction(Exception):
+    """Raised inside a transaction to have it retried from the start (a benign race)."""
 
 
 class Tx:
@@ -157,18 +161,28 @@ class Repository:
         self._ensured.clear()
 
     # ------------------------------------------------------------ transactions
-    def transaction(self, fn: Callable[[Tx], T]) -> T:
+    def transaction(self, fn: Callable[[Tx], T], *, atomic: bool = False) -> T:
         """Run ``fn`` in one multi-document transaction, retrying transient failures.
 
         ``fn`` may run several times; it must compute everything from what it reads
         through the ``Tx`` (snapshot isolation). Callbacks in ``tx.after_commit`` run
         once, after the commit succeeded.
+
+        On a deployment without transactions (standalone ``mongod``) single-resource
+        writes still work (``put`` then orders its writes so that a failure leaves no
+        visible half-write), but ``atomic=True`` work (transaction bundles) is refused.
         """
         if not self.supports_transactions:
-            raise NotImplementedFeature(
-                "This MongoDB deployment has no multi-document transactions (standalone mongod); "
-                "run a replica set to enable writes and transaction bundles"
-            )
+            if atomic:
+                raise NotImplementedFeature(
+                    "This MongoDB deployment has no multi-document transactions (standalone mongod): "
+                    "transaction bundles are unavailable; run a replica set"
+                )
+            tx = Tx(None)
+            result = fn(tx)
+            for cb in tx.after_commit:
+                cb()
+            return result
         deadline = time.monotonic() + _MAX_TX_SECONDS
         attempt = 0
         with self.client.start_session(causal_consistency=False) as session:
@@ -182,6 +196,12 @@ class Repository:
                 except FhirError:
                     _abort(session)
                     raise
+                except RetryTransaction:
+                    _abort(session)
+                    if time.monotonic() < deadline:
+                        _backoff(attempt)
+                        continue
+                    raise Conflict("Too much contention on a conditional create; retry") from None
                 except PyMongoError as exc:
                     _abort(session)
                     if _is_transient(exc) and time.monotonic() < deadline:
@@ -295,6 +315,12 @@ class Repository:
         if blob:
             doc["blob"] = blob
         coll = self.db[type_]
+        hist = {"_id": f"{type_}/{id_}/{version}", "t": type_, "rid": id_, "v": version, "ts": ts,
+                "del": deleted, "res": resource, "sp": owner, "m": method}
+        if blob:
+            hist["blob"] = blob
+        if s is None:
+            return self._put_without_transaction(coll, doc, hist, expected)
         if expected is None:
             try:
                 coll.insert_one(doc, session=s)
@@ -305,30 +331,51 @@ class Repository:
                                               projection={"_id": 1}, return_document=ReturnDocument.BEFORE)
             if found is None:
                 raise Conflict(f"{type_}/{id_} was modified concurrently (expected version {expected})")
-        hist = {"_id": f"{type_}/{id_}/{version}", "t": type_, "rid": id_, "v": version, "ts": ts,
-                "del": deleted, "res": resource, "sp": owner, "m": method}
-        if blob:
-            hist["blob"] = blob
         try:
             self.db[HISTORY].insert_one(hist, session=s)
         except DuplicateKeyError as exc:
             raise Conflict(f"{type_}/{id_} version {version} already exists") from exc
         return Stored(type_, id_, version, ts, deleted, resource, owner, blob, method)
 
-    def claim_condition(self, tx: Tx, type_: str, key: str, id_: str) -> str | None:
-        """Claim a conditional-create key; returns the id that already holds it, if any.
+    def _put_without_transaction(self, coll: Any, doc: dict[str, Any], hist: dict[str, Any],
+                                 expected: int | None) -> Stored:
+        """Standalone mongod: claim the version in history first (unique key), then swap.
 
-        The unique index on (t, key) makes two concurrent conditional creates with the
-        same condition conflict: one commits, the other retries and then sees the winner.
+        If the swap fails the claim is withdrawn, so readers of the current version
+        never see a version that history lacks.
         """
-        existing = self.db["conditions"].find_one({"t": type_, "key": key}, session=tx.session)
-        if existing:
-            return str(existing["rid"])
         try:
-            self.db["conditions"].insert_one({"t": type_, "key": key, "rid": id_}, session=tx.session)
+            self.db[HISTORY].insert_one(hist)
         except DuplicateKeyError as exc:
-            raise Conflict("concurrent conditional create") from exc
-        return None
+            raise Conflict(f"{hist['_id']} already exists") from exc
+        try:
+            if expected is None:
+                coll.insert_one(doc)
+            elif coll.find_one_and_replace({"_id": doc["_id"], "v": expected}, doc, projection={"_id": 1}) is None:
+                raise Conflict(f"{hist['t']}/{hist['rid']} was modified concurrently (expected version {expected})")
+        except (DuplicateKeyError, Conflict) as exc:
+            self.db[HISTORY].delete_one({"_id": hist["_id"]})
+            if isinstance(exc, Conflict):
+                raise
+            raise Conflict(f"{hist['t']}/{hist['rid']} already exists") from exc
+        return Stored(hist["t"], hist["rid"], hist["v"], hist["ts"], hist["del"], hist["res"], hist["sp"],
+                      hist.get("blob"), hist["m"])
+
+    def claim_condition(self, tx: Tx, type_: str, key: str, id_: str) -> None:
+        """Serialise conditional creates that share a condition.
+
+        Every conditional create that found no match writes the row of its condition
+        key (unique index on (t, key)) in its transaction. Two concurrent ones thus
+        write-conflict: one commits, the other is retried from the start, runs its
+        search again on a fresh snapshot and finds the winner.
+        """
+        if tx.session is None:
+            return  # standalone mongod: best effort only (documented)
+        try:
+            self.db["conditions"].update_one({"t": type_, "key": key}, {"$set": {"rid": id_}, "$inc": {"n": 1}},
+                                             upsert=True, session=tx.session)
+        except DuplicateKeyError as exc:
+            raise RetryTransaction("concurrent conditional create") from exc
 
     def release_condition(self, tx: Tx, type_: str, rid: str) -> None:
         self.db["conditions"].delete_many({"t": type_, "rid": rid}, session=tx.session)
