@@ -1,0 +1,107 @@
+"""Hostile-input-safe parsing of CDA documents (DESIGN §5).
+
+The parser resolves no entity, loads no DTD, touches no network and refuses huge
+trees. On top of lxml's own guards we reject *any* DOCTYPE (entity expansion
+attacks such as billion laughs and quadratic blow-up need one), enforce a byte
+size limit before parsing and an element depth limit after, and tolerate a
+leading UTF-8 byte-order mark.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lxml import etree
+
+from fhir_server.fhir.errors import BadRequest, PayloadTooLarge, Unprocessable
+
+__all__ = ["ParseLimits", "parse_cda_xml", "CDA_NS", "NS"]
+
+CDA_NS = "urn:hl7-org:v3"
+NS = {
+    "cda": CDA_NS,
+    "sdtc": "urn:hl7-org:sdtc",
+    "lab": "urn:oid:1.3.6.1.4.1.19376.1.3.2",
+    "xsi": "http://www.w3.org/2001/XMLSchema-instance",
+}
+
+_BOM = b"\xef\xbb\xbf"
+# A DOCTYPE may only appear in the prolog, before the root element; look for it there.
+_DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
+_ROOT_START = re.compile(rb"<[A-Za-z_]")
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Limits applied to every document. ``max_bytes`` defaults to 20 MB."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_depth: int = 256
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        dtd_validation=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+_PARSER = _parser()
+
+
+def _check_depth(root: etree._Element, max_depth: int) -> None:
+    # Iterative walk: a recursive one would itself be a stack risk on hostile input.
+    stack: list[tuple[etree._Element, int]] = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > max_depth:
+            raise BadRequest(f"XML nesting deeper than {max_depth} levels", expression="ClinicalDocument")
+        for child in el:
+            if len(child):
+                stack.append((child, depth + 1))
+
+
+def parse_cda_xml(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._Element:
+    """Parse ``data`` into the ``ClinicalDocument`` root element.
+
+    Raises ``PayloadTooLarge`` (413) over the size limit, ``BadRequest`` (400) for a
+    DOCTYPE, malformed XML or excessive depth, and ``Unprocessable`` (422) when the
+    root is not ``{urn:hl7-org:v3}ClinicalDocument``.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BadRequest("CDA document must be bytes", expression="ClinicalDocument")
+    data = bytes(data)
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"CDA document is {len(data)} bytes, over the {limits.max_bytes} byte limit",
+            expression="ClinicalDocument",
+        )
+    if data.startswith(_BOM):
+        data = data[3:]
+    if not data.strip():
+        raise BadRequest("empty CDA document", expression="ClinicalDocument")
+    root_start = _ROOT_START.search(data)
+    prolog = data[: root_start.start()] if root_start else data
+    if _DOCTYPE.search(prolog) or (b"<!ENTITY" in prolog.upper()):
+        raise BadRequest("DOCTYPE declarations are not accepted in CDA documents", expression="ClinicalDocument")
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise BadRequest(f"malformed XML: {exc}", expression="ClinicalDocument") from None
+    if root is None:
+        raise BadRequest("empty CDA document", expression="ClinicalDocument")
+    if root.getroottree().docinfo.doctype:
+        raise BadRequest("DOCTYPE declarations are not accepted in CDA documents", expression="ClinicalDocument")
+    if root.tag != f"{{{CDA_NS}}}ClinicalDocument":
+        raise Unprocessable(
+            f"not a CDA document: root element is {root.tag!r}, expected {{{CDA_NS}}}ClinicalDocument",
+            expression="ClinicalDocument",
+        )
+    _check_depth(root, limits.max_depth)
+    return root
