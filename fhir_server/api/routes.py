@@ -83,7 +83,8 @@ async def system_bundle(request: Request) -> Response:
     ctx = context(request)
     bundle = await read_resource(request)
     svc = services(request)
-    status, body = await run_in_threadpool(svc.bundles.process, ctx, bundle)
+    representation = prefer(request).get("return") == "representation"
+    status, body = await run_in_threadpool(lambda: svc.bundles.process(ctx, bundle, representation=representation))
     return render(request, body, status, fmt=fmt)
 
 
