@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -184,13 +183,8 @@ def main() -> None:
             ("update Observation", updater("Observation", lambda i: observation(ids["Patient"][i], i)),
              raw_update("Observation", lambda i: observation("p", i))),
         ]
-        for label, http_fn, raw_fn in plan:
-            # creates must be sequential per index for ids; run creates with pool too (append is thread-safe)
+        for label, http_fn, raw_fn in plan:  # ids lists grow thread-safely (list.append); any id will do
             rows.append((run(label, http_fn, n, c), run(label, raw_fn, n, c)))
-            if label.startswith("create"):
-                t = label.split()[1].replace("DocRef+Binary", "DocumentReference")
-                t = "DocumentReference" if t.startswith("DocumentReference") else t
-                # reorder ids by index is not needed: any id works for reads/updates
 
         print(f"\nREST vs raw pymongo — {c} concurrent clients, {n} ops each, engine: "
               f"{'MongoDB ' + uri if engine is None else 'SecantusDB (embedded process)'}\n")

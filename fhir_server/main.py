@@ -99,6 +99,7 @@ def build_services(settings: Settings) -> Services:
         services = Services(settings, repo, fhir, operations, policy, embedded=embedded)
         for installer in EXTENSIONS:
             _install(installer, services)
+        _ensure_indexes_in_background(repo)
         return services
     except BaseException:
         if embedded is not None:
@@ -129,6 +130,25 @@ def _install(module_name: str, services: Services) -> None:
             return
         raise
     module.install(services)
+
+
+def _ensure_indexes_in_background(repo: Repository) -> None:
+    """Create every type's collection and indexes (idempotent) without delaying start-up.
+
+    Writes also ensure their type's indexes first, so nothing depends on this finishing.
+    """
+    import threading
+
+    from fhir_server.fhir.models import resource_types
+
+    def run() -> None:
+        try:
+            for type_ in sorted(resource_types()):
+                repo.ensure_type(type_)
+        except Exception:  # noqa: BLE001 - the client may be closed during shutdown
+            log.debug("background index creation stopped", exc_info=True)
+
+    threading.Thread(target=run, name="ensure-indexes", daemon=True).start()
 
 
 def _secret(settings: Settings) -> bytes:
