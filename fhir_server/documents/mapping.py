@@ -284,10 +284,12 @@ def set_path(target: Json, path: str, value: Any, *, extend: bool = False) -> No
     """Write ``value`` into ``target`` at ``path`` (see module docstring)."""
     segs = _parse_path(path)
     cur = target
-    for name, kind in segs[:-1]:
+    last_index = len(segs) - 2
+    for i, (name, kind) in enumerate(segs[:-1]):
         if kind == "list":
             lst = cur.setdefault(name, [])
-            if not lst:
+            # A new element when the one being filled already has the final key ("diagnosis[].condition").
+            if not lst or (i == last_index and segs[-1][1] == "plain" and segs[-1][0] in lst[-1]):
                 lst.append({})
             cur = lst[-1]
         else:
