@@ -146,6 +146,7 @@ class FhirService:
         ts = utcnow()
         if previous is not None and ts <= previous.last_updated:
             ts = previous.last_updated.replace(microsecond=previous.last_updated.microsecond) + _ONE_MS
+        resource = self.guard.prepare_write(ctx.caller, resource, previous)  # drop meta the caller may not set
         stamped = _stamp(resource, id_, version, ts)
         ix = self.indexer.index(stamped)
         owner = self.indexer.owner(stamped)
