@@ -22,8 +22,9 @@ def post(full_url: str, res: dict[str, Any], **req: Any) -> dict[str, Any]:
 
 def counts(services: Any) -> dict[str, int]:
     db = services.repo.db
-    return {name: db[name].count_documents({}) for name in db.list_collection_names()
-            if not name.startswith("system.")}
+    out = {name: db[name].count_documents({}) for name in db.list_collection_names()
+           if not name.startswith("system.")}
+    return {name: n for name, n in out.items() if n}
 
 
 def test_transaction_resolves_urn_uuid_references(client: Any) -> None:
