@@ -35,10 +35,12 @@ class EmbeddedMongo:
     ``storage_path`` may be ``":memory:"`` for a throw-away store (tests).
     """
 
-    def __init__(self, storage_path: Path | str, *, port: int | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(self, storage_path: Path | str, *, port: int | None = None, start_timeout: float = 60.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.storage_path = str(storage_path)
         self.port = port or free_port()
         self.start_timeout = start_timeout
+        self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Path | None = None
 
@@ -51,7 +53,7 @@ class EmbeddedMongo:
             Path(self.storage_path).mkdir(parents=True, exist_ok=True)
             self._log_file = Path(self.storage_path).parent / f"secantus-{self.port}.log"
         cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
-               "--storage-path", self.storage_path, "--log-level", "WARNING"]
+               "--storage-path", self.storage_path, "--log-level", "WARNING", *self.extra_args]
         log.info("starting embedded SecantusDB: %s", " ".join(cmd))
         out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),

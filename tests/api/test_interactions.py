@@ -373,3 +373,22 @@ def test_capability_statement(client: Any) -> None:
         i["code"] for i in pat["interaction"]}
     xml = client.get("/fhir/metadata", params={"_format": "xml"})
     assert xml.status_code == 200 and b"<CapabilityStatement" in xml.content
+
+
+def test_lost_compare_and_set_is_409(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer whose compare-and-set loses (the version moved under it) gets 409, and nothing is written."""
+    body = create(client, patient()).json()
+    pid = body["id"]
+    client.put(f"/fhir/Patient/{pid}", json=body, headers=H)
+    repo = client.app.state.services.repo
+    real = repo.current
+
+    def stale(type_: str, id_: str, tx: Any = None) -> Any:
+        cur = real(type_, id_, tx)
+        return type(cur)(cur.type, cur.id, 1, cur.last_updated, cur.deleted, cur.resource, cur.owner)
+
+    monkeypatch.setattr(repo, "current", stale)
+    r = client.put(f"/fhir/Patient/{pid}", json=body, headers=H)
+    assert r.status_code == 409 and issue(r)["code"] == "conflict"
+    monkeypatch.undo()
+    assert client.get(f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "2"
