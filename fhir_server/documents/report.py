@@ -22,7 +22,8 @@ __all__ = ["cda_report", "run_cda_report"]
 def _files(directory: Path) -> list[Path]:
     if directory.is_file():
         return [directory]
-    return sorted(p for p in directory.rglob("*.xml") if p.is_file())
+    suffixes = {".xml", ".cda", ".ccda"}
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def _document_table(path: Path, result: ConversionResult) -> Table:
