@@ -135,6 +135,15 @@ def capability() -> None:
         svc.close()
 
 
+def _register_feature_commands() -> None:
+    from fhir_server.documents.cli import cda_report_command
+
+    app.command("cda-report")(cda_report_command)
+
+
+_register_feature_commands()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

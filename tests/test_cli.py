@@ -32,7 +32,8 @@ def env(mongo_uri: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_help_everywhere() -> None:
     runner = CliRunner()
-    for args in (["--help"], ["serve", "--help"], ["load", "--help"], ["capability", "--help"]):
+    for args in (["--help"], ["serve", "--help"], ["load", "--help"], ["capability", "--help"],
+                 ["cda-report", "--help"]):
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 0, result.output
         assert "Usage" in result.output
@@ -77,3 +78,10 @@ def test_load_synthea_bundle(env: Any, shared_dir: Path) -> None:
         assert svc.repo.db["Observation"].count_documents({}) > 10
     finally:
         svc.close()
+
+
+def test_cda_report_command() -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples" / "cda"
+    result = CliRunner().invoke(cli.app, ["cda-report", str(examples)])
+    assert result.exit_code == 0, result.output
+    assert "Observation" in result.output
