@@ -44,9 +44,20 @@ class _Entry:
     request: dict[str, Any]
 
 
+BundleCheck = Callable[[RequestContext, dict[str, Any]], None]
+
+
 class BundleProcessor:
+    """Processes batch/transaction Bundles.
+
+    ``checks`` are run on every transaction Bundle before anything is written; a
+    profile-specific rule set (e.g. IHE MHD ITI-65 submissions) registers one and
+    raises a typed error to reject the whole submission.
+    """
+
     def __init__(self, fhir: FhirService) -> None:
         self.fhir = fhir
+        self.checks: list[BundleCheck] = []
 
     # --------------------------------------------------------------- entry point
     def process(self, ctx: RequestContext, bundle: dict[str, Any], *,
@@ -59,6 +70,8 @@ class BundleProcessor:
         entries = [self._parse(i, e) for i, e in enumerate(bundle.get("entry") or [])]
         if kind == "batch":
             return 200, self._batch(ctx, entries, representation)
+        for check in self.checks:
+            check(ctx, bundle)
         return 200, self._transaction(ctx, entries, representation)
 
     def _parse(self, i: int, entry: Any) -> _Entry:
