@@ -66,11 +66,12 @@ _DATE = re.compile(
 )
 
 
-def _add_months(dt: datetime, months: int) -> datetime:
+def _add_months(dt: datetime, months: int) -> datetime | None:
+    """``dt`` plus whole months; None past year 9999."""
     total = dt.year * 12 + dt.month - 1 + months
     year, month = divmod(total, 12)
     if year > 9999:
-        return MAX_INSTANT + ONE_MS
+        return None
     return dt.replace(year=year, month=month + 1)
 
 
@@ -85,6 +86,7 @@ def parse_date_range(text: str) -> DateRange:
         raise ValueError(f"not a FHIR date/dateTime: {text!r}")
     g = m.groupdict()
     year = int(g["y"])
+    end: datetime | None
     try:
         if g["m"] is None:
             lo = datetime(year, 1, 1, tzinfo=UTC)
@@ -94,7 +96,7 @@ def parse_date_range(text: str) -> DateRange:
             end = _add_months(lo, 1)
         elif g["H"] is None:
             lo = datetime(year, int(g["m"]), int(g["d"]), tzinfo=UTC)
-            end = lo + timedelta(days=1) if lo.date() < MAX_INSTANT.date() else MAX_INSTANT + ONE_MS
+            end = lo + timedelta(days=1) if lo.date() < MAX_INSTANT.date() else None
         else:
             tz = UTC
             if g["tz"] and g["tz"] != "Z":
@@ -116,10 +118,10 @@ def parse_date_range(text: str) -> DateRange:
                 local = local.replace(microsecond=micro - micro % 1000)
                 step = timedelta(seconds=10.0 ** -len(digits)) if len(digits) < 3 else ONE_MS
             lo = local.astimezone(UTC)
-            end = lo + step
+            end = lo + step if MAX_INSTANT - lo >= step else None
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"not a valid date: {text!r} ({exc})") from None
-    return DateRange(lo, end - ONE_MS)
+    return DateRange(lo, end - ONE_MS if end is not None else MAX_INSTANT)
 
 
 # ---------------------------------------------------------------------------- numbers
