@@ -184,13 +184,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from urllib.parse import urlparse
 
     prefix = urlparse(settings.fhir_base).path.rstrip("/")
+    # extension routers first: their fixed paths ({base}/.well-known/…) must win over {type}/{id}
+    for extra in services.routers:
+        app.include_router(extra)
     app.include_router(router, prefix=prefix)
     if prefix:  # POST [base] without the trailing slash
         from fhir_server.api.routes import system_bundle, system_search
 
         app.add_api_route(prefix, system_bundle, methods=["POST"], include_in_schema=False)
         app.add_api_route(prefix, system_search, methods=["GET"], include_in_schema=False)
-    for extra in services.routers:
-        app.include_router(extra)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
