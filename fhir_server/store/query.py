@@ -225,7 +225,8 @@ class QueryPlanner:
             if expanded is None:
                 raise BadRequest(f"Unknown value set '{v.parsed}'", expression=clause.name)
             codes |= expanded
-        return codes
+        # plain ``code`` elements (status, gender...) are stored without their implied system as ``|code``
+        return codes | {"|" + c.split("|", 1)[1] for c in codes}
 
     def _value_conds(self, p: SearchParam, mod: str | None, value: Value, field: str,
                      target_type: str | None = None) -> list[Filter]:
