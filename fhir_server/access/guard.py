@@ -36,7 +36,7 @@ from typing import Any
 
 from fhir_server.access.policy import AccessPolicy, Interaction
 from fhir_server.audit import journal
-from fhir_server.fhir.errors import Forbidden
+from fhir_server.fhir.errors import FhirError, Forbidden
 from fhir_server.rest.context import Caller
 from fhir_server.store.repository import Repository, Stored, Tx
 
@@ -55,7 +55,7 @@ class Guard:
     def current(self, caller: Caller, interaction: Interaction, type_: str, id_: str,
                 tx: Tx | None = None) -> Stored | None:
         """The current version, or ``None`` when missing *or not visible to the caller*."""
-        self.policy.require(caller, interaction, type_)
+        self._require(caller, interaction, type_)
         stored = self.repo.current(type_, id_, tx)
         if stored is None or not self.visible(caller, interaction, type_, stored):
             return None
@@ -64,7 +64,7 @@ class Guard:
         return stored
 
     def version(self, caller: Caller, type_: str, id_: str, version: int) -> Stored | None:
-        self.policy.require(caller, "vread", type_)
+        self._require(caller, "vread", type_)
         stored = self.repo.version(type_, id_, version)
         if stored is None or not self.visible(caller, "vread", type_, stored):
             return None
@@ -75,7 +75,7 @@ class Guard:
              sort: list[tuple[str, int]] | None = None, limit: int = 0,
              projection: dict[str, Any] | None = None, tx: Tx | None = None) -> Iterator[dict[str, Any]]:
         """Stored documents of ``type_`` matching ``filter_`` that the caller may see."""
-        self.policy.require(caller, interaction, type_)
+        self._require(caller, interaction, type_)
         pf = self.policy.filter(caller, interaction, type_)
         query = {"$and": [filter_, pf]} if pf else filter_
         if projection is not None and any(v for v in projection.values()):
@@ -93,7 +93,7 @@ class Guard:
               max_time_ms: int = 0) -> int:
         """How many documents match (the policy filter applies; per-document checks do not,
         so a policy whose ``can_see`` is stricter than its filter may over-count)."""
-        self.policy.require(caller, "search", type_)
+        self._require(caller, "search", type_)
         pf = self.policy.filter(caller, "search", type_)
         query = {"$and": [filter_, pf]} if pf else filter_
         return self.repo.count(type_, query, limit=limit, max_time_ms=max_time_ms)
@@ -103,12 +103,19 @@ class Guard:
                 before: tuple[datetime, str] | None = None, limit: int = 50,
                 types: list[str] | None = None) -> list[Stored]:
         if type_:
-            self.policy.require(caller, "history", type_)
+            self._require(caller, "history", type_)
         rows = self.repo.history(type_=type_, id_=id_, since=since, at=at, before=before, limit=limit, types=types)
         out = [r for r in rows if self.visible(caller, "history", r.type, r)]
         for r in out:
             journal.note("history", r.type, r.id, r.owner, r.version)
         return out
+
+    def _require(self, caller: Caller, interaction: Interaction, type_: str) -> None:
+        try:
+            self.policy.require(caller, interaction, type_)
+        except FhirError as exc:
+            journal.note_denial(interaction, type_, str(exc.message))
+            raise
 
     def visible(self, caller: Caller, interaction: Interaction, type_: str, stored: Stored) -> bool:
         """Whether one stored version may be shown to the caller (no ``require``, no journal)."""
@@ -131,9 +138,13 @@ class Guard:
             blob: str | None = None) -> Stored:
         if type_ == "AuditEvent" and previous is not None:
             raise Forbidden("AuditEvents are immutable")
-        self.policy.require(caller, interaction, type_)
-        self.policy.check_write(caller, interaction, type_, resource, owner, previous.owner if previous else None,
-                                existed=previous is not None)
+        self._require(caller, interaction, type_)
+        try:
+            self.policy.check_write(caller, interaction, type_, resource, owner,
+                                    previous.owner if previous else None, existed=previous is not None)
+        except FhirError as exc:
+            journal.note_denial(interaction, type_, str(exc.message))
+            raise
         stored = self.repo.put(tx, type_, id_, expected=previous.version if previous else None, version=version,
                                ts=ts, resource=resource, ix=ix, owner=owner, deleted=deleted, method=method,
                                blob=blob)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-__all__ = ["Access", "Journal", "current", "note", "opened"]
+__all__ = ["Access", "Journal", "current", "note", "note_denial", "opened"]
 
 MAX_ENTRIES = 2000
 
@@ -31,6 +31,7 @@ class Access:
 @dataclass
 class Journal:
     entries: list[Access] = field(default_factory=list)
+    denials: list[tuple[str, str, str]] = field(default_factory=list)  # (interaction, type, reason)
     dropped: int = 0
     written_in_tx: int = 0  # writes already audited inside their own transaction
 
@@ -58,6 +59,12 @@ def note(interaction: str, type_: str, id_: str, space: str | None, version: int
     j = _current.get()
     if j is not None:
         j.add(Access(interaction, type_, id_, space, version))
+
+
+def note_denial(interaction: str, type_: str, reason: str) -> None:
+    j = _current.get()
+    if j is not None and len(j.denials) < 100:
+        j.denials.append((interaction, type_, reason))
 
 
 @contextmanager
