@@ -349,7 +349,7 @@ class SmartCodeGrant(AuthorizationCodeGrant):
             raise InvalidRequestError(f"'aud' must be this server's FHIR base URL ({self.server.audience})",
                                       redirect_uri=redirect_uri)
         launch = data.get("launch")
-        if launch:
+        if launch and launch != getattr(self.request, "launch_consumed", None):
             rec = self.server.store.peek_launch(launch)
             if rec is None or rec["exp"].timestamp() < time.time() or rec["client_id"] != self.request.client.client_id:
                 raise InvalidRequestError("unknown, used or expired 'launch'", redirect_uri=redirect_uri)

@@ -438,8 +438,10 @@ class AuthService:
                                fhir_context=list((launch or {}).get("fhir_context") or []),
                                need_patient_banner=launch is None, nonce=pending["params"].get("nonce"),
                                auth_time=session.get("auth_time"), session=session["_id"])
-        if launch is not None and self.store.consume_launch(launch["_id"]) is None:
-            return _html(400, pages.error_page("This launch was already used; launch the app again."))
+        if launch is not None:
+            if self.store.consume_launch(launch["_id"]) is None:
+                return _html(400, pages.error_page("This launch was already used; launch the app again."))
+            grant.request.launch_consumed = launch["_id"]
         self._audit_user("token", True, user=user, raw=raw, client_id=pending["client_id"],
                          description=f"authorization granted: {subject.scope}")
         return self._finish(original, grant, subject)
