@@ -79,9 +79,12 @@ class Guard:
         pf = self.policy.filter(caller, interaction, type_)
         query = {"$and": [filter_, pf]} if pf else filter_
         if projection is not None and any(v for v in projection.values()):
-            projection = {**projection, "sp": 1, "res.category": 1, "del": 1}
-            if type_ == "Binary":
-                projection["res.securityContext"] = 1
+            projection = {**projection, "sp": 1, "del": 1}
+            if "res" not in projection:  # the policy needs these parts of the resource
+                projection["res.category"] = 1
+                projection["res.meta"] = 1
+                if type_ == "Binary":
+                    projection["res.securityContext"] = 1
         full = projection is None or "res" in projection
         for doc in self.repo.find_raw(type_, query, sort=sort, limit=limit, projection=projection, tx=tx):
             if self.policy.can_see(caller, interaction, type_, doc):
