@@ -56,7 +56,9 @@ def register_client(store: AuthStore, *, client_id: str, kind: str, scope: str, 
         parsed = parse_scopes(scope, models.is_resource_type)
     except InvalidScope as exc:
         raise AdminError(str(exc)) from exc
-    if category == "system":
+    if category in REFUSED_KINDS:
+        grant_types = grant_types or ["authorization_code"]  # recorded to be recognised; always refused
+    elif category == "system":
         if kind != "asymmetric":
             raise AdminError("backend services (system) clients authenticate with private_key_jwt: kind asymmetric")
         if parsed.context or any(r.level != "system" for r in parsed.rules):
