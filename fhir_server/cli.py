@@ -144,6 +144,15 @@ def _register_feature_commands() -> None:
 _register_feature_commands()
 
 
+def _admin() -> None:
+    from fhir_server.auth.cli import admin_app
+
+    app.add_typer(admin_app, name="admin")
+
+
+_admin()
+
+
 def main() -> None:  # pragma: no cover
     app()
 
