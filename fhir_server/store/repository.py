@@ -37,6 +37,7 @@ from pymongo.database import Database
 from pymongo.errors import (
     ConnectionFailure,
     DuplicateKeyError,
+    ExecutionTimeout,
     OperationFailure,
     PyMongoError,
 )
@@ -261,13 +262,22 @@ class Repository:
             cursor = cursor.limit(limit)
         return iter(cursor)
 
-    def count(self, type_: str, filter_: dict[str, Any], *, limit: int = 0, max_time_ms: int = 0) -> int:
+    def count(self, type_: str, filter_: dict[str, Any], *, limit: int = 0, max_time_ms: int = 0) -> int | None:
+        """Matching documents, or None when counting exceeded ``max_time_ms``."""
         kwargs: dict[str, Any] = {}
         if limit:
             kwargs["limit"] = limit
         if max_time_ms:
             kwargs["maxTimeMS"] = max_time_ms
-        return self.db[type_].count_documents(filter_, **kwargs)
+        try:
+            return self.db[type_].count_documents(filter_, **kwargs)
+        except ExecutionTimeout:
+            return None
+
+    def nonempty_types(self) -> list[str]:
+        """Collections of resource types holding at least one document (system-level search)."""
+        names = [n for n in self.db.list_collection_names() if n[:1].isupper()]
+        return sorted(n for n in names if self.db[n].find_one({}, {"_id": 1}) is not None)
 
     def estimated_count(self, type_: str) -> int:
         return self.db[type_].estimated_document_count()

@@ -1,0 +1,64 @@
+"""Installs the search engine into the server: the extractor computes ``ix``/``sp`` at
+write time, the executor answers searches and conditional interactions, and the
+index declarations of ``profiles/indexes.json`` become MongoDB indexes."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fhir_server.search.executor import SearchExecutor
+from fhir_server.search.extract import Extractor
+from fhir_server.search.registry import PROFILES_DIR, SearchRegistry, default_registry
+
+__all__ = ["install", "index_specs"]
+
+_FIELDS = {"_id": "_id", "_lastUpdated": "ts", "sp": "sp", "ts": "ts"}
+
+
+def index_specs(registry: SearchRegistry, data: dict[str, Any] | None = None) -> Any:
+    """``type -> [(keys, options)]`` from the declarations, for the parameters the type has."""
+    data = data or json.loads((PROFILES_DIR / "indexes.json").read_text())
+
+    def specs(type_: str) -> list[tuple[list[tuple[str, int]], dict[str, Any]]]:
+        params = registry.params(type_)
+        out = []
+        for keys in [*data.get("all", []), *data.get("types", {}).get(type_, [])]:
+            fields = []
+            for k in keys:
+                if k in _FIELDS:
+                    fields.append(_FIELDS[k])
+                elif k in params and params[k].indexed:
+                    fields.append(f"ix.{k}")
+                else:
+                    break
+            else:
+                direction = [(f, -1 if f == "ts" else 1) for f in fields]
+                out.append((direction, {"name": "_".join(keys)}))
+        return out
+
+    return specs
+
+
+def install(services: Any) -> None:
+    settings = services.settings
+    registry = default_registry()
+    extractor = Extractor(registry, base_url=settings.fhir_base)
+    extractor.warm_up()
+    fhir = services.fhir
+    repo = services.repo
+    cache: dict[str, Any] = {"at": 0.0, "types": []}
+
+    def known_types() -> list[str]:
+        if time.monotonic() - cache["at"] > 5:
+            cache["types"] = repo.nonempty_types()
+            cache["at"] = time.monotonic()
+        return list(cache["types"])
+
+    fhir.indexer = extractor
+    fhir.searcher = SearchExecutor(fhir.guard, fhir.cursors, registry=registry,
+                                   default_count=settings.default_page_size, max_count=settings.max_page_size,
+                                   known_types=known_types)
+    repo._index_hook = index_specs(registry)  # noqa: SLF001 - the composition wires the store's hook
+    services.extras["search_registry"] = registry
