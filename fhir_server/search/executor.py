@@ -334,7 +334,7 @@ class SearchExecutor:
                  seen: set[str]) -> list[tuple[str, dict[str, Any]]]:
         wanted: dict[str, set[str]] = {}
         for t, d in frontier:
-            if t != inc.source_type:
+            if inc.source_type not in ("*", t):
                 continue
             for code in self._ref_params(t, inc.param):
                 for ref in _values(d, f"ix.{code}"):
@@ -361,16 +361,24 @@ class SearchExecutor:
         refs = [f"{t}/{d['_id']}" for t, d in frontier if not rev.target_type or t == rev.target_type]
         if not refs:
             return []
-        st = rev.source_type
-        codes = self._ref_params(st, rev.param)
-        flt = {"del": False, "$or": [{f"ix.{c}": {"$in": refs}} for c in codes]}
+        if rev.source_type == "*":  # every (type, reference parameter) that can point at the frontier
+            targets = {t for t, _ in frontier}
+            pairs = [(st, [c for c, p in self.registry.params(st).items() if p.type == "reference"
+                           and (targets & set(p.targets) or "Any" in p.targets)])
+                     for st in self.known_types() if st in self.registry.by_type]
+        else:
+            pairs = [(rev.source_type, self._ref_params(rev.source_type, rev.param))]
         found = []
-        for d in self.finder.find(ctx.caller, "search", st, flt, limit=MAX_INCLUDED + 1,
-                                  projection={"res": 1, "ts": 1, "sp": 1, "ix": 1, "del": 1}):
-            key = f"{st}/{d['_id']}"
-            if key not in seen:
-                seen.add(key)
-                found.append((st, d))
+        for st, codes in pairs:
+            if not codes:
+                continue
+            flt = {"del": False, "$or": [{f"ix.{c}": {"$in": refs}} for c in codes]}
+            for d in self.finder.find(ctx.caller, "search", st, flt, limit=MAX_INCLUDED + 1,
+                                      projection={"res": 1, "ts": 1, "sp": 1, "ix": 1, "del": 1}):
+                key = f"{st}/{d['_id']}"
+                if key not in seen:
+                    seen.add(key)
+                    found.append((st, d))
         return found
 
     # ------------------------------------------------------------------ bundle
