@@ -12,7 +12,7 @@ from html import escape
 __all__ = ["page", "login_page", "consent_page", "manage_page", "error_page", "ScopeChoice", "PAGE_HEADERS"]
 
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
