@@ -123,6 +123,38 @@ def _put(svc: Any, ctx: Any, res: dict[str, Any]) -> None:
         svc.fhir.create(ctx, res["resourceType"], res)
 
 
+@app.command()
+def reindex(
+    types: Annotated[list[str] | None, typer.Argument(help="Resource types (default: every non-empty type)")] = None,
+) -> None:
+    """Recompute the search index values (ix) and owning space (sp) after a registry change."""
+    from fhir_server.fhir.models import is_resource_type
+    from fhir_server.main import build_services
+    from fhir_server.store.reindex import count_documents, reindex_collection
+
+    settings = get_settings()
+    _logging("WARNING", settings.log_format)
+    svc = build_services(settings)
+    try:
+        runtime = svc.extras.get("runtime_search_params")
+        if runtime is not None:
+            runtime.wait()
+        chosen = types or svc.repo.nonempty_types()
+        unknown = [t for t in chosen if not is_resource_type(t)]
+        if unknown:
+            raise typer.BadParameter(f"unknown resource type(s): {', '.join(unknown)}")
+        extractor = svc.fhir.indexer
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console) as progress:
+            for t in chosen:
+                task = progress.add_task(t, total=count_documents(svc.repo.db, t))
+                stats = reindex_collection(svc.repo.db, t, extractor,
+                                           progress=lambda n, task=task: progress.advance(task, n))
+                progress.update(task, description=f"{t}: {stats.changed} changed / {stats.seen}")
+    finally:
+        svc.close()
+
+
 @app.command("capability")
 def capability() -> None:
     """Print the CapabilityStatement (JSON) without starting HTTP."""

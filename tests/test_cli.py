@@ -33,7 +33,7 @@ def env(mongo_uri: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_help_everywhere() -> None:
     runner = CliRunner()
     for args in (["--help"], ["serve", "--help"], ["load", "--help"], ["capability", "--help"],
-                 ["cda-report", "--help"]):
+                 ["cda-report", "--help"], ["reindex", "--help"]):
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 0, result.output
         assert "Usage" in result.output
@@ -85,3 +85,22 @@ def test_cda_report_command() -> None:
     result = CliRunner().invoke(cli.app, ["cda-report", str(examples)])
     assert result.exit_code == 0, result.output
     assert "Observation" in result.output
+
+
+def test_reindex_rebuilds_index_values(env: Any) -> None:
+    svc = build_services(env)
+    try:
+        ctx = __import__("fhir_server.rest.context", fromlist=["RequestContext"]).RequestContext("http://testserver/fhir")
+        pid = svc.fhir.create(ctx, "Patient", {"resourceType": "Patient", "name": [{"family": "Réindex"}]}).stored.id
+        svc.repo.db["Patient"].update_one({"_id": pid}, {"$set": {"ix": {}}})  # as if indexed by an older registry
+    finally:
+        svc.close()
+    result = CliRunner().invoke(cli.app, ["reindex", "Patient"])
+    assert result.exit_code == 0, result.output
+    svc = build_services(env)
+    try:
+        doc = svc.repo.db["Patient"].find_one({"_id": pid})
+        assert doc["ix"]["family"] == ["reindex"]
+    finally:
+        svc.close()
+    assert CliRunner().invoke(cli.app, ["reindex", "Nope"]).exit_code != 0

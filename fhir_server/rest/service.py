@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -113,6 +113,11 @@ class FhirService:
         self.default_count = default_count
         self.max_count = max_count
         self.binary_inline_max = binary_inline_max
+        #: type -> checks run on every incoming resource of that type after structural validation
+        #: (raise a typed error, e.g. Unprocessable, to refuse it)
+        self.checks: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+        #: called once per committed write: (type, stored version) — deletes included
+        self.listeners: list[Callable[[str, Stored], None]] = []
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -147,11 +152,19 @@ class FhirService:
         if previous is not None and ts <= previous.last_updated:
             ts = previous.last_updated.replace(microsecond=previous.last_updated.microsecond) + _ONE_MS
         resource = self.guard.prepare_write(ctx.caller, resource, previous)  # drop meta the caller may not set
+        for check in self.checks.get(type_, ()):
+            check(resource)
         stamped = _stamp(resource, id_, version, ts)
         ix = self.indexer.index(stamped)
         owner = self.indexer.owner(stamped)
-        return self.guard.put(ctx.caller, interaction, tx, type_, id_, previous=previous, version=version, ts=ts,
-                              resource=stamped, ix=ix, owner=owner, method=method, blob=blob)
+        stored = self.guard.put(ctx.caller, interaction, tx, type_, id_, previous=previous, version=version, ts=ts,
+                                resource=stamped, ix=ix, owner=owner, method=method, blob=blob)
+        self._notify(tx, type_, stored)
+        return stored
+
+    def _notify(self, tx: Tx, type_: str, stored: Stored) -> None:
+        for listener in self.listeners:
+            tx.after_commit.append(lambda f=listener: f(type_, stored))
 
     def full_resource(self, stored: Stored) -> dict[str, Any]:
         """The resource as FHIR JSON (a GridFS Binary payload put back as base64)."""
@@ -342,8 +355,9 @@ class FhirService:
             self._check_if_match(type_, id_, cur, if_match)
             version = cur.version + 1
             ts = max(utcnow(), cur.last_updated + _ONE_MS)
-            self.guard.put(ctx.caller, "delete", t, type_, id_, previous=cur, version=version, ts=ts,
-                           resource=None, ix={}, owner=cur.owner, deleted=True, method="DELETE")
+            gone = self.guard.put(ctx.caller, "delete", t, type_, id_, previous=cur, version=version, ts=ts,
+                                  resource=None, ix={}, owner=cur.owner, deleted=True, method="DELETE")
+            self._notify(t, type_, gone)
             self.repo.release_condition(t, type_, id_)
             return Result(204, Stored(type_, id_, version, ts, True, None, cur.owner),
                           issues=[Issue(f"Deleted {type_}/{id_}", "informational", "information")])

@@ -146,6 +146,15 @@ class SearchRegistry:
         """The parameters that put ``resource_type`` in a Patient's compartment (empty: not a member)."""
         return self.compartment.get(resource_type, ())
 
+    def with_params(self, extra: list[SearchParam]) -> SearchRegistry:
+        """A new registry: this one plus ``extra`` (runtime SearchParameters), each on its own base."""
+        by_type = {t: dict(ps) for t, ps in self.by_type.items()}
+        for p in extra:
+            by_type.setdefault(p.base, {})[p.code] = p
+        return SearchRegistry(
+            by_type=MappingProxyType({t: MappingProxyType(ps) for t, ps in by_type.items()}),
+            common=self.common, compartment=self.compartment, choice_elements=self.choice_elements)
+
 
 def _param(code: str, base: str, raw: Mapping[str, Any], all_types: tuple[str, ...]) -> SearchParam:
     targets = raw.get("targets", ())
@@ -164,10 +173,16 @@ def _param(code: str, base: str, raw: Mapping[str, Any], all_types: tuple[str, .
 
 def load_registry(profiles_dir: Path = PROFILES_DIR) -> SearchRegistry:
     """Build the registry from ``profiles_dir`` (``search-parameters.json``, the optional
-    ``search-parameters-local.json`` and ``compartment-patient.json``)."""
+    ``search-parameters-local.json`` and ``custom/*.json``, and ``compartment-patient.json``)."""
     data = json.loads((profiles_dir / "search-parameters.json").read_text(encoding="utf-8"))
-    local_path = profiles_dir / "search-parameters-local.json"
-    local = json.loads(local_path.read_text(encoding="utf-8")) if local_path.is_file() else {}
+    local: dict[str, Any] = {"common": {}, "types": {}}
+    extra_files = [profiles_dir / "search-parameters-local.json", *sorted((profiles_dir / "custom").glob("*.json"))]
+    for path in extra_files:  # our own parameters (e.g. IHE MHD / PDSm), same shape as the main file
+        if path.is_file():
+            more = json.loads(path.read_text(encoding="utf-8"))
+            local["common"].update(more.get("common", {}))
+            for type_, params in more.get("types", {}).items():
+                local["types"].setdefault(type_, {}).update(params)
     common_raw = {**data.get("common", {}), **local.get("common", {})}
     by_type: dict[str, Mapping[str, SearchParam]] = {}
     types_raw = dict(data.get("types", {}))

@@ -22,6 +22,7 @@ class Change:
     id: str
     ix: dict[str, list[Any]]
     sp: str | None
+    v: int | None = None  # the version the values were computed from (the write is conditional on it)
 
 
 @dataclass
@@ -46,7 +47,7 @@ def reindex(docs: Iterable[Mapping[str, Any]], extractor: Extractor,
         ix, sp = extractor.index(res), extractor.owner(res)
         if ix == doc.get("ix") and sp == doc.get("sp"):
             continue
-        batch.append(Change(str(doc["_id"]), ix, sp))
+        batch.append(Change(str(doc["_id"]), ix, sp, doc.get("v")))
         if len(batch) >= batch_size:
             write(batch)
             stats.changed += len(batch)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from fhir_server.search.executor import SearchExecutor
 from fhir_server.search.extract import Extractor
 from fhir_server.search.registry import PROFILES_DIR, SearchRegistry, default_registry
+from fhir_server.search.runtime import RuntimeSearchParams
+from fhir_server.store.query import QueryPlanner
+from fhir_server.store.reindex import reindex_collection
 
 __all__ = ["install", "index_specs"]
 
@@ -57,8 +61,28 @@ def install(services: Any) -> None:
         return list(cache["types"])
 
     fhir.indexer = extractor
-    fhir.searcher = SearchExecutor(fhir.guard, fhir.cursors, registry=registry,
-                                   default_count=settings.default_page_size, max_count=settings.max_page_size,
-                                   known_types=known_types)
+    executor = SearchExecutor(fhir.guard, fhir.cursors, registry=registry,
+                              default_count=settings.default_page_size, max_count=settings.max_page_size,
+                              known_types=known_types)
+    fhir.searcher = executor
     repo._index_hook = index_specs(registry)  # noqa: SLF001 - the composition wires the store's hook
     services.extras["search_registry"] = registry
+
+    def apply(write: SearchRegistry, read: SearchRegistry) -> None:
+        fhir.indexer = Extractor(write, base_url=settings.fhir_base)
+        executor.registry = read
+        executor.planner = QueryPlanner(read)
+        services.extras["search_registry"] = read
+        services._capability = None  # noqa: SLF001 - regenerated with the new parameters
+
+    def reindex(type_: str, ex: Extractor, since: datetime | None) -> None:
+        reindex_collection(repo.db, type_, ex, since=since)
+
+    runtime = RuntimeSearchParams(registry, apply, reindex, repo.set_state, repo.get_state,
+                                  base_url=settings.fhir_base)
+    fhir.checks.setdefault("SearchParameter", []).append(runtime.check)
+    fhir.listeners.append(runtime.on_write)
+    services.extras["runtime_search_params"] = runtime
+    stored = list(repo.find("SearchParameter", {}))
+    if stored:
+        runtime.resume(stored)

@@ -390,6 +390,14 @@ class Repository:
     def release_condition(self, tx: Tx, type_: str, rid: str) -> None:
         self.db["conditions"].delete_many({"t": type_, "rid": rid}, session=tx.session)
 
+    # ------------------------------------------------------------ server state
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """Server bookkeeping (not FHIR data), e.g. the indexing state of runtime SearchParameters."""
+        return self.db["server_state"].find_one({"_id": key})
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        self.db["server_state"].replace_one({"_id": key}, {"_id": key, **value}, upsert=True)
+
     # ---------------------------------------------------------------- binaries
     def put_blob(self, data: bytes, content_type: str | None) -> str:
         """Store a large payload in GridFS (content addressed); returns its key."""

@@ -83,7 +83,8 @@ def test_concurrent_if_match_exactly_one_wins(client: Any) -> None:
 
 
 def test_concurrent_conditional_creates_make_one_resource(client: Any) -> None:
-    n = 16
+    """32 identical conditional creates at once: exactly one 201, 31 answers pointing at it."""
+    n = 32
     barrier = threading.Barrier(n)
     body = {"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "42"}]}
 
