@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None, description="Secret signing paging cursors (shared by all API processes); required in production")
     binary_inline_max: int = Field(1024 * 1024, description="Binaries larger than this go to GridFS")
+    documents_create_unknown_patient: bool = Field(
+        False, description="$ingest-cda: create the Patient (and so the patient's space) when no Patient matches "
+                           "the document's INS or local identifiers; false = answer 422")
     # --- security (SMART on FHIR authorization server, access policy, audit) ---
     auth: Literal["on", "off"] = Field(
         "on", description="off: serve the FHIR API without tokens (development only; refused in production)")

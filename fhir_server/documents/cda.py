@@ -53,6 +53,8 @@ __all__ = [
     "SOURCE_LOCATION_URL",
     "INS_SYSTEMS",
     "CDA_CONTENT_TYPE",
+    "SHARED_TYPES",
+    "document_reference_id",
 ]
 
 Json = dict[str, Any]
@@ -73,6 +75,7 @@ _CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 _RELATES = {"RPLC": "replaces", "APND": "appends", "XFRM": "transforms"}
 _FORMAT_SYSTEM = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
 _SHARED_TYPES = ("Practitioner", "Organization", "PractitionerRole")
+SHARED_TYPES = _SHARED_TYPES  # resources shared across documents (deduplicated by identifier)
 
 
 @dataclass
@@ -163,6 +166,12 @@ def _condition(res: Json) -> str | None:
 def _uid(*parts: str) -> str:
     digest = hashlib.sha1("\x1f".join(parts).encode()).digest()
     return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+def document_reference_id(identifier: Json) -> str:
+    """The DocumentReference id :func:`convert_cda` gives the document whose
+    ``ClinicalDocument/id`` converts to ``identifier`` (a FHIR Identifier)."""
+    return _uid(f"{identifier.get('system', '')}|{identifier['value']}", "DocumentReference")
 
 
 def _ref(res: Json, display: str | None = None) -> Json:
