@@ -94,11 +94,16 @@ class Guard:
 
     def count(self, caller: Caller, type_: str, filter_: dict[str, Any], *, limit: int = 0,
               max_time_ms: int = 0) -> int:
-        """How many documents match (the policy filter applies; per-document checks do not,
-        so a policy whose ``can_see`` is stricter than its filter may over-count)."""
+        """How many documents the caller may see match (exact: when the policy says its filter
+        is only an over-approximation, ``filter_is_exact``, each document is checked)."""
         self._require(caller, "search", type_)
         pf = self.policy.filter(caller, "search", type_)
         query = {"$and": [filter_, pf]} if pf else filter_
+        exact = getattr(self.policy, "filter_is_exact", None)
+        if exact is not None and not exact(caller, "search", type_):
+            # the filter over-approximates: count what the per-document check lets through
+            return sum(1 for d in self.repo.find_raw(type_, query, limit=limit)
+                       if self.policy.can_see(caller, "search", type_, d))
         return self.repo.count(type_, query, limit=limit, max_time_ms=max_time_ms)
 
     def history(self, caller: Caller, *, type_: str | None = None, id_: str | None = None,

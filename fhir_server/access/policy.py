@@ -247,7 +247,7 @@ class SmartPolicy:
         """The id of the caller's own fhirUser resource when the token may read it as such."""
         if interaction not in ("read", "vread", "include") or not caller.fhir_user:
             return None
-        if not ({"fhirUser", "openid"} & caller.scopes):
+        if "fhirUser" not in caller.scopes:
             return None
         return _ref_id(caller.fhir_user, type_)
 
@@ -308,6 +308,12 @@ class SmartPolicy:
         if caller.kind == "practitioner" and doc.get("sp") is not None and caller.fhir_user:
             return self.rules.may_see(caller.fhir_user, doc)
         return True
+
+    def filter_is_exact(self, caller: Caller, interaction: Interaction, type_: str) -> bool:
+        """False when :meth:`can_see` is stricter than :meth:`filter` (counts must check documents)."""
+        if type_ == "Binary" and caller.kind != "system":
+            return False
+        return caller.kind != "practitioner"
 
     def _binary_visible(self, caller: Caller, interaction: Interaction, doc: dict[str, Any]) -> bool:
         res = doc.get("res") or {}

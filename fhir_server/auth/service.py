@@ -114,7 +114,9 @@ class AuthService:
     def __init__(self, *, store: AuthStore, server: SmartServer, tokens: TokenService, policy: SmartPolicy,
                  fhir_base: str, auth_url: str, issuer: str, secure_cookies: bool, session_lifetime: int,
                  launch_lifetime: int, rate_limit: int, login_rate_limit: int,
-                 audit: Callable[..., None], jwks: dict[str, Any], patient_label: Callable[[str], str]) -> None:
+                 audit: Callable[..., None], jwks: dict[str, Any], patient_label: Callable[[str], str],
+                 csrf_key: bytes | None = None) -> None:
+        self._csrf_key = csrf_key or secrets.token_bytes(32)
         self.store = store
         self.server = server
         self.tokens = tokens
@@ -232,9 +234,10 @@ class AuthService:
 
     def _audit_user(self, event: str, ok: bool, *, user: dict[str, Any] | None, raw: RawRequest,
                     client_id: str | None = None, description: str | None = None) -> None:
-        self.audit(event, ok, client_id=client_id, user=(user or {}).get("_id"),
-                   fhir_user=(user or {}).get("fhir_user"), kind=(user or {}).get("role"),
-                   address=raw.address, description=description)
+        fhir_user = (user or {}).get("fhir_user") or ""
+        own = fhir_user.split("/", 1)[1] if fhir_user.startswith("Patient/") else None
+        self.audit(event, ok, client_id=client_id, user=(user or {}).get("_id"), fhir_user=fhir_user or None,
+                   kind=(user or {}).get("role"), address=raw.address, description=description, patient=own)
 
     # -------------------------------------------------------------- authorize
     def authorize(self, raw: RawRequest) -> Reply:
@@ -284,7 +287,7 @@ class AuthService:
             cookies: list[tuple[str, str, int | None]] = []
         else:  # direct sign-in (management page)
             browser = raw.cookies.get(BROWSER_COOKIE) or secrets.token_urlsafe(24)
-            csrf = _hmac_csrf(browser)
+            csrf = _hmac_csrf(self._csrf_key, browser)
             name = None
             cookies = [(BROWSER_COOKIE, browser, self.session_lifetime)]
         reply = _html(status, pages.login_page(action=self.url("login"), rid=rid, csrf=csrf, client_name=name,
@@ -303,7 +306,7 @@ class AuthService:
             ok_csrf = secrets.compare_digest(form.get("csrf", ""), pending["csrf"])
         else:
             browser = raw.cookies.get(BROWSER_COOKIE, "")
-            ok_csrf = bool(browser) and secrets.compare_digest(form.get("csrf", ""), _hmac_csrf(browser))
+            ok_csrf = bool(browser) and secrets.compare_digest(form.get("csrf", ""), _hmac_csrf(self._csrf_key, browser))
         if not ok_csrf:
             raise Forbidden("Invalid form token (CSRF)")
         user = self.store.get_user(username)
@@ -424,8 +427,10 @@ class AuthService:
         narrowed += [c for c in approved_items if c in requested.context]
         approved = parse(narrowed) if narrowed else ParsedScopes((), frozenset())
         final = intersect(requested, approved)
-        fixed, patients = self._patient_choice(user, launch, requested)
+        fixed, patients = self._patient_choice(user, launch, final)
         patient = fixed
+        if launch is not None and "launch" not in final.context:
+            patient = None  # the user declined the launch context
         if patients is not None:
             chosen = form.get("patient")
             if not chosen or chosen not in {p for p, _ in patients}:
@@ -603,14 +608,11 @@ def _assertion_sub(assertion: str | None) -> str | None:
         return None
 
 
-_CSRF_KEY = secrets.token_bytes(32)
-
-
-def _hmac_csrf(browser: str) -> str:
+def _hmac_csrf(key: bytes, browser: str) -> str:
     import hashlib
     import hmac
 
-    return hmac.new(_CSRF_KEY, browser.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, b"login-csrf " + browser.encode(), hashlib.sha256).hexdigest()
 
 
 def origin_of(url: str) -> str:

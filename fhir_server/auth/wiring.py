@@ -16,6 +16,7 @@ says so loudly at start-up and every minute while it serves requests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -148,7 +149,9 @@ def install(services: Any) -> None:
                        auth_url=auth_url, issuer=issuer, secure_cookies=parsed.scheme == "https",
                        session_lifetime=settings.auth_session_lifetime, launch_lifetime=settings.auth_launch_lifetime,
                        rate_limit=settings.auth_rate_limit, login_rate_limit=settings.auth_login_rate_limit,
-                       audit=audit, jwks=key.jwks(), patient_label=patient_label)
+                       audit=audit, jwks=key.jwks(), patient_label=patient_label,
+                       csrf_key=hashlib.sha256(b"fhir-server login csrf " + (settings.secret_key or "").encode()
+                                               ).digest() if settings.secret_key else None)
     services.extras["auth"] = auth
     services.extras["auth_store"] = store
     services.extras["tokens"] = tokens
