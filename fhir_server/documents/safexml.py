@@ -9,6 +9,7 @@ leading UTF-8 byte-order mark.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -55,6 +56,19 @@ def _parser() -> etree.XMLParser:
 _PARSER = _parser()
 
 
+_XSL_STYLESHEET = "{http://www.w3.org/1999/XSL/Transform}stylesheet"
+
+
+def _self_presenting(stylesheet: etree._Element) -> etree._Element:
+    """The ClinicalDocument of an ANS "CDA autoprésentable" document (an XSLT stylesheet
+    carrying the CDA in a top-level data element), detached; the stylesheet itself when none."""
+    found = [el for el in stylesheet.iterfind(f"*/{{{CDA_NS}}}ClinicalDocument")
+             if etree.QName(el.getparent()).namespace != "http://www.w3.org/1999/XSL/Transform"]
+    if len(found) != 1:
+        return stylesheet
+    return copy.deepcopy(found[0])
+
+
 def _check_depth(root: etree._Element, max_depth: int) -> None:
     # Iterative walk: a recursive one would itself be a stack risk on hostile input.
     stack: list[tuple[etree._Element, int]] = [(root, 1)]
@@ -72,7 +86,8 @@ def parse_cda_xml(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._El
 
     Raises ``PayloadTooLarge`` (413) over the size limit, ``BadRequest`` (400) for a
     DOCTYPE, malformed XML or excessive depth, and ``Unprocessable`` (422) when the
-    root is not ``{urn:hl7-org:v3}ClinicalDocument``.
+    root is not ``{urn:hl7-org:v3}ClinicalDocument``. A self-presenting ("autoprésentable")
+    document, an XSLT stylesheet embedding one ClinicalDocument, gives that ClinicalDocument.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadRequest("CDA document must be bytes", expression="ClinicalDocument")
@@ -98,6 +113,8 @@ def parse_cda_xml(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._El
         raise BadRequest("empty CDA document", expression="ClinicalDocument")
     if root.getroottree().docinfo.doctype:
         raise BadRequest("DOCTYPE declarations are not accepted in CDA documents", expression="ClinicalDocument")
+    if root.tag == _XSL_STYLESHEET:
+        root = _self_presenting(root)
     if root.tag != f"{{{CDA_NS}}}ClinicalDocument":
         raise Unprocessable(
             f"not a CDA document: root element is {root.tag!r}, expected {{{CDA_NS}}}ClinicalDocument",

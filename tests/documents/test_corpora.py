@@ -26,6 +26,8 @@ def _is_cda(data: bytes) -> bool:
         root = etree.fromstring(data.removeprefix(b"\xef\xbb\xbf"), etree.XMLParser(resolve_entities=False))
     except etree.XMLSyntaxError:
         return False
+    if root.tag == "{http://www.w3.org/1999/XSL/Transform}stylesheet":  # ANS self-presenting CDA
+        return root.find("*/{urn:hl7-org:v3}ClinicalDocument") is not None
     return root.tag == "{urn:hl7-org:v3}ClinicalDocument"
 
 
