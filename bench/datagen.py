@@ -2,6 +2,11 @@
 
     python bench/datagen.py --patients 10 --seed 42 --out /tmp/records    # one bundle per patient
 
+``generate`` returns a list; ``records`` is the same sequence as an endless iterator (for
+benchmarks that load a growing database in steps: the first N records are always the same).
+``upper_every=N`` writes the names of every N-th patient (0, N, 2N...) the way some older
+systems do, in unaccented capitals (``HELENE LEFEVRE``), without changing anything else.
+
 Each record: Patient (INS identifier, accented French names), Encounters, Observations (vital signs
 with blood-pressure components, weight, height, BMI, glycaemia, and lab results with reference
 ranges), Conditions, AllergyIntolerances, Immunizations, MedicationStatements and
@@ -12,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import random
+import unicodedata
 import uuid
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -77,17 +85,25 @@ def _q(value: float, unit: str, code: str) -> dict[str, Any]:
     return {"value": round(value, 2), "unit": unit, "system": UCUM, "code": code}
 
 
-def patient_record(rng: random.Random, index: int, obs_per_patient: int = 40) -> dict[str, Any]:
-    """One transaction Bundle holding a whole patient record."""
+def legacy_caps(name: str) -> str:
+    """``Hélène`` -> ``HELENE``: unaccented capitals, as some older systems write names."""
+    return "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)).upper()
+
+
+def patient_record(rng: random.Random, index: int, obs_per_patient: int = 40, *,
+                   upper_names: bool = False) -> dict[str, Any]:
+    """One transaction Bundle holding a whole patient record (``upper_names``: see :func:`legacy_caps`)."""
     female = rng.random() < 0.5
     birth = date(1930, 1, 1) + timedelta(days=rng.randrange(30000))
     city, zipc = rng.choice(CITIES)
     pu = f"urn:uuid:{_uuid(rng)}"
     nir = f"{2 if female else 1}{birth.year % 100:02d}{birth.month:02d}{rng.randrange(10**9):09d}{index % 100:02d}"
+    family, given = rng.choice(FAMILIES), rng.choice(GIVEN_F if female else GIVEN_M)
+    if upper_names:
+        family, given = legacy_caps(family), legacy_caps(given)
     pat = {"resourceType": "Patient",
            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": nir[:15]}],
-           "name": [{"use": "official", "family": rng.choice(FAMILIES),
-                     "given": [rng.choice(GIVEN_F if female else GIVEN_M)]}],
+           "name": [{"use": "official", "family": family, "given": [given]}],
            "gender": "female" if female else "male", "birthDate": birth.isoformat(),
            "address": [{"line": [f"{rng.randrange(1, 120)} rue de la République"], "city": city,
                         "postalCode": zipc, "country": "FR"}]}
@@ -176,9 +192,16 @@ def patient_record(rng: random.Random, index: int, obs_per_patient: int = 40) ->
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def generate(patients: int, seed: int = 42, obs_per_patient: int = 40) -> list[dict[str, Any]]:
+def records(seed: int = 42, obs_per_patient: int = 40, *, upper_every: int = 0) -> Iterator[dict[str, Any]]:
+    """Endless, deterministic sequence of patient records; its first N items are ``generate(N, ...)``."""
     rng = random.Random(seed)
-    return [patient_record(rng, i, obs_per_patient) for i in range(patients)]
+    for i in itertools.count():
+        yield patient_record(rng, i, obs_per_patient, upper_names=bool(upper_every) and i % upper_every == 0)
+
+
+def generate(patients: int, seed: int = 42, obs_per_patient: int = 40, *,
+             upper_every: int = 0) -> list[dict[str, Any]]:
+    return list(itertools.islice(records(seed, obs_per_patient, upper_every=upper_every), patients))
 
 
 def main() -> None:
@@ -186,10 +209,12 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=10)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--obs", type=int, default=40, help="observations per patient")
+    ap.add_argument("--upper-every", type=int, default=0,
+                    help="write every N-th patient's names in unaccented capitals (0: never)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for i, bundle in enumerate(generate(args.patients, args.seed, args.obs)):
+    for i, bundle in enumerate(generate(args.patients, args.seed, args.obs, upper_every=args.upper_every)):
         (args.out / f"record-{i:05d}.json").write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
     print(f"wrote {args.patients} bundles to {args.out}")
 
