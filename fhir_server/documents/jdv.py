@@ -11,7 +11,8 @@ NOS/TRE_…`` or ``urn:oid:1.2.250.…``) are recognised.
 
 * ``"member"``: a coding is in the value set;
 * ``"unknown-code"``: a coding uses one of the value set's French code systems
-  (``TRE_…``) with a code the table does not hold: a wrong French code;
+  (``TRE_…``), or any of its systems when the binding is extensible or required
+  (J08), with a code the table does not hold: a wrong code;
 * ``"foreign"``: no coding uses any of the value set's code systems (a SNOMED
   facility type, say): allowed by the PDSm ``preferred`` bindings;
 * ``"empty"``: no coding at all.
@@ -95,7 +96,8 @@ class ValueSet:
             if self.contains(system, code):
                 return "member", c
             canon = self.canonical(system)
-            if unknown is None and canon in self.systems and canon is not None and canon.startswith(_FRENCH):
+            if unknown is None and canon in self.systems and canon is not None and (
+                    canon.startswith(_FRENCH) or self.strength in ("extensible", "required")):
                 unknown = c
         if unknown is not None:
             return "unknown-code", unknown

@@ -139,7 +139,8 @@ class _Entry:
 
     @property
     def type(self) -> str:
-        if self.resource is not None and isinstance(self.resource.get("resourceType"), str):
+        """The type written: from ``request.url`` for PATCH (whose body is a Binary or Parameters)."""
+        if self.method != "PATCH" and self.resource is not None and isinstance(self.resource.get("resourceType"), str):
             return str(self.resource["resourceType"])
         return self.url.split("?", 1)[0].split("/", 1)[0]
 
