@@ -100,6 +100,14 @@ def build_router(auth: AuthService, fhir_base: str, secure_cookies: bool) -> API
     async def login(request: Request) -> Response:
         return await call(auth.login, request)
 
+    @router.get(f"{auth_path}/login/upstream")
+    async def upstream_start(request: Request) -> Response:
+        return await call(auth.upstream_start, request)
+
+    @router.get(f"{auth_path}/login/upstream/callback")
+    async def upstream_callback(request: Request) -> Response:
+        return await call(auth.upstream_callback, request)
+
     @router.post(f"{auth_path}/logout")
     async def logout(request: Request) -> Response:
         return await call(auth.logout, request)

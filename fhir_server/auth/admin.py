@@ -103,20 +103,32 @@ def public_client(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in ("secret_hash",)}
 
 
-def register_user(store: AuthStore, *, username: str, password: str, role: str,
-                  fhir_user: str | None = None, name: str | None = None) -> dict[str, Any]:
+def register_user(store: AuthStore, *, username: str, password: str | None, role: str,
+                  fhir_user: str | None = None, name: str | None = None,
+                  upstream: str | None = None) -> dict[str, Any]:
+    """Register (or replace) a user. ``upstream``: ``<issuer>|<sub>`` of the identity at the upstream
+    OpenID Connect provider that may sign in as this user (then a password is optional)."""
     if role not in USER_ROLES:
         raise AdminError(f"role must be one of {', '.join(USER_ROLES)}")
     if not username or len(username) > 200:
         raise AdminError("username is required (at most 200 characters)")
-    if len(password) < 8:
+    if password is None and not upstream:
+        raise AdminError("a user needs a password or an upstream identity")
+    if password is not None and len(password) < 8:
         raise AdminError("passwords have at least 8 characters")
+    if upstream is not None and "|" not in upstream:
+        raise AdminError("an upstream identity is written <issuer>|<sub>")
     expected = _ROLE_TYPES.get(role)
     if expected:
         parts = (fhir_user or "").split("/")
         if len(parts) != 2 or parts[0] != expected or not parts[1]:
             raise AdminError(f"a {role} user is linked to a {expected} resource: --fhir-user {expected}/<id>")
-    doc = {"_id": username, "role": role, "fhir_user": fhir_user, "name": name or username,
-           "password_hash": hash_password(password), "created": datetime.now(UTC)}
+    doc: dict[str, Any] = {"_id": username, "role": role, "fhir_user": fhir_user, "name": name or username,
+                           "password_hash": hash_password(password) if password else None,
+                           "created": datetime.now(UTC)}
+    if upstream:
+        if (other := store.find_user_by_upstream(upstream)) is not None and other["_id"] != username:
+            raise AdminError("this upstream identity already signs in another user")
+        doc["upstream"] = upstream
     store.put_user(doc)
     return {k: v for k, v in doc.items() if k != "password_hash"}

@@ -87,13 +87,16 @@ def add_user(
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
     password: Annotated[str | None, typer.Option(help="Password (prompted when absent; or FHIR_ADMIN_PASSWORD)",
                                                  envvar="FHIR_ADMIN_PASSWORD")] = None,
+    upstream: Annotated[str | None, typer.Option(help="<issuer>|<sub> at the upstream OpenID provider "
+                                                      "(then no password is needed)")] = None,
 ) -> None:
     """Register or replace a user (the password is stored as an argon2 hash)."""
     from fhir_server.auth.admin import register_user
 
-    pw = password or typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    pw = password if (password or upstream) else typer.prompt("Password", hide_input=True,
+                                                              confirmation_prompt=True)
     _run(lambda store: register_user(store, username=username, password=pw, role=role, fhir_user=fhir_user,
-                                     name=name))
+                                     name=name, upstream=upstream))
 
 
 @admin_app.command("list-clients")

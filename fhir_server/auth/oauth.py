@@ -344,8 +344,9 @@ class SmartCodeGrant(AuthorizationCodeGrant):
     def validate_authorization_request(self) -> str:
         redirect_uri = super().validate_authorization_request()
         data = self.request.payload.data
-        aud = (data.get("aud") or "").rstrip("/")
-        if aud != self.server.audience:
+        aud = data.get("aud")
+        sign_in_only = not parse(data.get("scope") or "").rules  # OpenID Connect sign-in, no FHIR access
+        if (aud is not None or not sign_in_only) and (aud or "").rstrip("/") != self.server.audience:
             raise InvalidRequestError(f"'aud' must be this server's FHIR base URL ({self.server.audience})",
                                       redirect_uri=redirect_uri)
         launch = data.get("launch")

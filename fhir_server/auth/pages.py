@@ -40,7 +40,7 @@ def _hidden(name: str, value: str) -> str:
 
 
 def login_page(*, action: str, rid: str, csrf: str, client_name: str | None, error: str | None = None,
-               username: str = "") -> str:
+               username: str = "", upstream: tuple[str, str] | None = None) -> str:
     who = f"<p>Sign in to continue to <strong>{escape(client_name)}</strong>.</p>" if client_name else ""
     err = f'<p class="err" role="alert">{escape(error)}</p>' if error else ""
     body = (f"{who}{err}<form method=\"post\" action=\"{escape(action)}\">{_hidden('rid', rid)}{_hidden('csrf', csrf)}"
@@ -48,6 +48,8 @@ def login_page(*, action: str, rid: str, csrf: str, client_name: str | None, err
             f"value=\"{escape(username)}\" required></label>"
             f"<label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" "
             f"required></label><button type=\"submit\" id=\"login\">Sign in</button></form>")
+    if upstream:
+        body += f'<p><a id="upstream" href="{escape(upstream[1])}">Sign in with {escape(upstream[0])}</a></p>'
     return page("Sign in", body)
 
 

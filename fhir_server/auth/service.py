@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
+import httpx
 from authlib.oauth2.rfc6749 import OAuth2Error
 
 from fhir_server.access.policy import REFUSED_KINDS, SmartPolicy
@@ -33,6 +34,7 @@ from fhir_server.auth.oauth import GrantSubject, RawRequest, SmartServer, parse,
 from fhir_server.auth.passwords import DUMMY_HASH, verify_password
 from fhir_server.auth.ratelimit import RateLimiter
 from fhir_server.auth.tokens import TokenError, TokenService, epoch_to_dt
+from fhir_server.auth.upstream import UpstreamError, UpstreamProvider
 from fhir_server.fhir.errors import BadRequest, Forbidden, Unauthorized
 from fhir_server.rest.context import Caller
 from fhir_server.store.auth_store import AuthStore
@@ -115,8 +117,9 @@ class AuthService:
                  fhir_base: str, auth_url: str, issuer: str, secure_cookies: bool, session_lifetime: int,
                  launch_lifetime: int, rate_limit: int, login_rate_limit: int,
                  audit: Callable[..., None], jwks: dict[str, Any], patient_label: Callable[[str], str],
-                 csrf_key: bytes | None = None) -> None:
+                 csrf_key: bytes | None = None, upstream: UpstreamProvider | None = None) -> None:
         self._csrf_key = csrf_key or secrets.token_bytes(32)
+        self.upstream = upstream
         self.store = store
         self.server = server
         self.tokens = tokens
@@ -290,8 +293,11 @@ class AuthService:
             csrf = _hmac_csrf(self._csrf_key, browser)
             name = None
             cookies = [(BROWSER_COOKIE, browser, self.session_lifetime)]
+        upstream = None
+        if self.upstream is not None:
+            upstream = (self.upstream.name, f"{self.url('login/upstream')}?{urlencode({'rid': rid})}")
         reply = _html(status, pages.login_page(action=self.url("login"), rid=rid, csrf=csrf, client_name=name,
-                                               error=error, username=username))
+                                               error=error, username=username, upstream=upstream))
         reply.cookies = cookies
         return reply
 
@@ -310,22 +316,70 @@ class AuthService:
         if not ok_csrf:
             raise Forbidden("Invalid form token (CSRF)")
         user = self.store.get_user(username)
-        ok = verify_password(user["password_hash"] if user else DUMMY_HASH, form.get("password", ""))
+        stored_hash = (user or {}).get("password_hash")
+        ok = verify_password(stored_hash or DUMMY_HASH, form.get("password", "")) and bool(stored_hash)
         if not user or not ok or user.get("disabled"):
             self._audit_user("login", False, user=user, raw=raw, description=f"failed sign-in for '{username}'")
             return self.login_form(raw, "Unknown user name or wrong password.", 401, username)
         if user.get("role") in REFUSED_KINDS:
             self._audit_user("login", False, user=user, raw=raw, description="refused user category")
             return _html(403, pages.error_page("Your organisation category has no access to health records."))
+        return self._open_session(user, raw, rid)
+
+    def _open_session(self, user: dict[str, Any], raw: RawRequest, rid: str, how: str = "password") -> Reply:
         sid = secrets.token_urlsafe(32)
         self.store.save_session({"_id": sha256(sid), "user": user["_id"], "csrf": secrets.token_urlsafe(24),
                                  "auth_time": int(time.time()),
                                  "exp": epoch_to_dt(time.time() + self.session_lifetime)})
-        self._audit_user("login", True, user=user, raw=raw)
+        self._audit_user("login", True, user=user, raw=raw, description=f"signed in ({how})")
         target = f"{self.url('consent')}?{urlencode({'rid': rid})}" if rid else self.url("manage")
         reply = _redirect(target)
         reply.cookies = [(SESSION_COOKIE, sid, self.session_lifetime)]
         return reply
+
+    # ---------------------------------------------------- upstream identity
+    def upstream_start(self, raw: RawRequest) -> Reply:
+        if self.upstream is None:
+            raise BadRequest("No upstream identity provider is configured")
+        self.login_limits.hit(f"login {raw.address}")
+        rid = raw.args.get("rid", "")
+        if rid:
+            self._pending(raw, rid)
+        browser = raw.cookies.get(BROWSER_COOKIE) or secrets.token_urlsafe(24)
+        try:
+            url, kept = self.upstream.start()
+        except (UpstreamError, httpx.HTTPError, KeyError, ValueError) as exc:
+            log.warning("upstream identity provider unavailable: %s", exc)
+            return _html(502, pages.error_page("The identity provider cannot be reached; try again later."))
+        self.store.save_pending({"_id": "upstream " + sha256(kept["state"]), "rid": rid, "kept": kept,
+                                 "browser": sha256(browser), "exp": epoch_to_dt(time.time() + PENDING_LIFETIME)})
+        reply = _redirect(url)
+        reply.cookies = [(BROWSER_COOKIE, browser, self.session_lifetime)]
+        return reply
+
+    def upstream_callback(self, raw: RawRequest) -> Reply:
+        if self.upstream is None:
+            raise BadRequest("No upstream identity provider is configured")
+        key = "upstream " + sha256(raw.args.get("state", ""))
+        rec = self.store.get_pending(key)
+        if rec is None or rec["exp"].timestamp() < time.time():
+            return _html(400, pages.error_page("This sign-in expired; start again."))
+        self.store.delete_pending(key)
+        if rec.get("browser") != sha256(raw.cookies.get(BROWSER_COOKIE, "")):
+            raise Forbidden("This sign-in belongs to another browser")
+        if raw.args.get("error") or not raw.args.get("code"):
+            return _html(401, pages.error_page("The identity provider did not sign you in."))
+        try:
+            subject = self.upstream.finish(raw.args["code"], rec["kept"])
+        except (UpstreamError, httpx.HTTPError, KeyError, ValueError) as exc:
+            self.audit("login", False, address=raw.address, description=f"upstream sign-in failed: {exc}")
+            return _html(401, pages.error_page(str(exc) if isinstance(exc, UpstreamError) else
+                                               "The identity provider cannot be reached; try again later."))
+        user = self.store.find_user_by_upstream(subject)
+        if user is None or user.get("disabled") or user.get("role") in REFUSED_KINDS:
+            self.audit("login", False, address=raw.address, description=f"no usable account for {subject}")
+            return _html(403, pages.error_page("No account of this server is linked to this identity."))
+        return self._open_session(user, raw, rec.get("rid") or "", how="upstream identity provider")
 
     def logout(self, raw: RawRequest) -> Reply:
         sid = raw.cookies.get(SESSION_COOKIE)
@@ -563,7 +617,8 @@ class AuthService:
     def admin_register_user(self, raw: RawRequest, body: dict[str, Any]) -> Reply:
         caller = self._admin(raw)
         try:
-            out = register_user(self.store, **_only(body, ("username", "password", "role", "fhir_user", "name")))
+            out = register_user(self.store, **_only(body, ("username", "password", "role", "fhir_user", "name",
+                                                           "upstream")))
         except (AdminError, TypeError) as exc:
             raise BadRequest(str(exc)) from exc
         self.audit("admin", True, client_id=caller.client_id, user=caller.subject, kind="admin",

@@ -31,6 +31,7 @@ from fhir_server.auth.keys import load_signing_key
 from fhir_server.auth.oauth import SmartServer
 from fhir_server.auth.service import AuthService
 from fhir_server.auth.tokens import TokenService
+from fhir_server.auth.upstream import UpstreamProvider
 from fhir_server.rest.context import Caller
 from fhir_server.store.auth_store import AuthStore
 
@@ -145,13 +146,20 @@ def install(services: Any) -> None:
                 return f"{text} (Patient/{pid})"
         return f"Patient/{pid}"
 
+    upstream = None
+    if settings.auth_oidc_upstream:
+        if not (settings.auth_oidc_client_id and settings.auth_oidc_client_secret):
+            raise RuntimeError("FHIR_SERVER_AUTH_OIDC_UPSTREAM needs FHIR_SERVER_AUTH_OIDC_CLIENT_ID and _SECRET")
+        upstream = UpstreamProvider(settings.auth_oidc_upstream, settings.auth_oidc_client_id,
+                                    settings.auth_oidc_client_secret, f"{auth_url}/login/upstream/callback")
     auth = AuthService(store=store, server=server, tokens=tokens, policy=policy, fhir_base=fhir_base,
                        auth_url=auth_url, issuer=issuer, secure_cookies=parsed.scheme == "https",
                        session_lifetime=settings.auth_session_lifetime, launch_lifetime=settings.auth_launch_lifetime,
                        rate_limit=settings.auth_rate_limit, login_rate_limit=settings.auth_login_rate_limit,
                        audit=audit, jwks=key.jwks(), patient_label=patient_label,
                        csrf_key=hashlib.sha256(b"fhir-server login csrf " + (settings.secret_key or "").encode()
-                                               ).digest() if settings.secret_key else None)
+                                               ).digest() if settings.secret_key else None,
+                       upstream=upstream)
     services.extras["auth"] = auth
     services.extras["auth_store"] = store
     services.extras["tokens"] = tokens

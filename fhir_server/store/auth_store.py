@@ -64,6 +64,9 @@ class AuthStore:
     def get_user(self, username: str) -> dict[str, Any] | None:
         return self.users.find_one({"_id": username})
 
+    def find_user_by_upstream(self, subject: str) -> dict[str, Any] | None:
+        return self.users.find_one({"upstream": subject})
+
     def set_user_fields(self, username: str, fields: dict[str, Any]) -> None:
         self.users.update_one({"_id": username}, {"$set": fields})
 

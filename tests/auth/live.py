@@ -46,6 +46,8 @@ def live(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     register_client(store, client_id="lab-e2e", kind="asymmetric", category="system",
                     jwks={"keys": [KEY.as_dict(private=False)]},
                     scope="system/DocumentReference.c system/Binary.c system/Bundle.c")
+    register_client(store, client_id="downstream", kind="confidential", secret="downstream-secret",
+                    redirect_uris=["http://testserver/auth/login/upstream/callback"], scope="openid fhirUser")
     register_user(store, username="alice", password="alice-password", role="patient", fhir_user="Patient/a")
     data_dir: Path = tmp_path_factory.mktemp("auth-e2e")
     env = {**os.environ, "MONGODB_URI": mongo_uri, "FHIR_SERVER_MONGODB_DATABASE": db,
