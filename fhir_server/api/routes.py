@@ -14,7 +14,6 @@ from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api.http import (
     JSON,
-    XML,
     negotiate,
     parse_etag,
     parse_http_date,
@@ -25,7 +24,6 @@ from fhir_server.api.http import (
     resource_headers,
 )
 from fhir_server.fhir.errors import BadRequest, MethodNotAllowed, UnsupportedMediaType
-from fhir_server.fhir.validate import parse_json
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.operations import OperationCall, OperationResult
 
@@ -160,7 +158,7 @@ async def search_post(request: Request, type_: str) -> Response:
 
 @router.post("/{type_}")
 async def create(request: Request, type_: str) -> Response:
-    fmt = negotiate(request)
+    negotiate(request)
     ctx = context(request)
     svc = services(request)
     svc.fhir.check_type(type_)
@@ -176,7 +174,7 @@ async def create(request: Request, type_: str) -> Response:
         resource = await read_resource(request)
     result = await run_in_threadpool(svc.fhir.create, ctx, type_, resource,
                                      if_none_exist=request.headers.get("if-none-exist"))
-    return render_result(request, result, ctx.base_url, _full(svc, result)) if fmt else Response()
+    return render_result(request, result, ctx.base_url, _full(svc, result))
 
 
 def _full(svc: Any, result: Any) -> dict[str, Any] | None:
@@ -333,9 +331,3 @@ async def compartment_search(request: Request, ctype: str, cid: str, type_: str)
                                    compartment=(ctype, cid))
     return render(request, body, fmt=fmt)
 
-
-def xml_or_json(fmt: str) -> str:
-    return "xml" if fmt == XML else "json"
-
-
-__all__ += ["parse_json"]

@@ -13,14 +13,17 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
 from fhir_server.fhir import models
-from fhir_server.fhir.errors import BadRequest, FhirError, Issue, NotFound, PreconditionFailed
+from fhir_server.fhir.errors import BadRequest, FhirError, Issue, PreconditionFailed
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.service import FhirService, Result, instant
 from fhir_server.store.repository import Tx
@@ -198,10 +201,6 @@ class BundleProcessor:
                 res = fhir.conditional_update(ctx, e.type, e.query, e.resource, if_match=if_match, tx=tx)
             return _entry_for(ctx, fhir, res, representation)
         if e.method == "PATCH":
-            import base64
-
-            import orjson
-
             assert e.resource is not None
             try:
                 ops = orjson.loads(base64.b64decode(e.resource.get("data", "")))
@@ -299,5 +298,3 @@ def _located(exc: FhirError, index: int) -> FhirError:
 def install(services: Any) -> None:
     services.bundles = BundleProcessor(services.fhir)
 
-
-__all__ += ["NotFound"]

@@ -34,6 +34,7 @@ from fhir_server.fhir.errors import (
 from fhir_server.fhir.validate import ID_RE, Validator
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.cursor import CursorCodec
+from fhir_server.rest.dates import parse_fhir_datetime
 from fhir_server.rest.indexing import Indexer
 from fhir_server.store.repository import Repository, Stored, Tx, utcnow
 
@@ -72,8 +73,6 @@ def instant(ts: datetime) -> str:
 
 
 def parse_instant(value: str, param: str) -> datetime:
-    from fhir_server.rest.dates import parse_fhir_datetime  # local: small module
-
     return parse_fhir_datetime(value, param)
 
 
