@@ -43,6 +43,7 @@ from fhir_server.store.repository import Repository, Stored, Tx
 __all__ = ["Guard", "WriteHook"]
 
 WriteHook = Callable[[Tx, Caller, str, Stored], None]
+_HISTORY_BATCHES = 20
 
 
 class Guard:
@@ -112,8 +113,22 @@ class Guard:
                 types: list[str] | None = None) -> list[Stored]:
         if type_:
             self._require(caller, "history", type_)
-        rows = self.repo.history(type_=type_, id_=id_, since=since, at=at, before=before, limit=limit, types=types)
-        out = [r for r in rows if self.visible(caller, "history", r.type, r)]
+        # History rows are checked one by one; keep reading (bounded) until ``limit`` visible rows are
+        # found, so that pages are full and a "next" link never betrays invisible activity.
+        out: list[Stored] = []
+        cursor = before
+        for _ in range(_HISTORY_BATCHES if at is None else 1):
+            rows = self.repo.history(type_=type_, id_=id_, since=since, at=at, before=cursor, limit=limit,
+                                     types=types)
+            for r in rows:
+                if self.visible(caller, "history", r.type, r):
+                    out.append(r)
+                    if len(out) >= limit:
+                        break
+            if len(out) >= limit or len(rows) < limit:
+                break
+            last = rows[-1]
+            cursor = (last.last_updated, f"{last.type}/{last.id}/{last.version}")
         for r in out:
             journal.note("history", r.type, r.id, r.owner, r.version)
         return out
