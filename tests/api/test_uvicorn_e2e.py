@@ -55,14 +55,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-def _embedded_ports() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    ports = set()
-    for line in out.splitlines():
-        if "secantus" in line and "--port" in line:
-            parts = line.split()
-            ports.add(int(parts[parts.index("--port") + 1]))
-    return ports
+def _engine_children(pid: int) -> set[int]:
+    """Process ids of the SecantusDB engines started by the server process ``pid``."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    found = set()
+    for line in out.splitlines()[1:]:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[1] == str(pid) and "secantus" in parts[2]:
+            found.add(int(parts[0]))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
+                          text=True).stdout.strip()[:1] not in ("Z", "")
 
 
 def test_fhirpy_crud(server: ServerProcess) -> None:
@@ -107,11 +117,13 @@ def test_restart_keeps_data_and_stops_engine(tmp_path: Path) -> None:
     r = httpx.post(f"{srv.base}/Patient", json={"resourceType": "Patient", "name": [{"family": "Durable"}]},
                    headers={"Content-Type": "application/fhir+json"})
     pid = r.json()["id"]
-    engines_before = _embedded_ports()
+    assert srv.proc is not None
+    engines = _engine_children(srv.proc.pid)
+    if not os.environ.get("MONGODB_URI"):
+        assert len(engines) == 1, "the server runs the embedded engine as its own process"
     srv.stop()
     time.sleep(0.5)
-    if not os.environ.get("MONGODB_URI"):
-        assert _embedded_ports() < engines_before, "the embedded engine must stop with the server"
+    assert not any(_alive(p) for p in engines), "the embedded engine must stop with the server"
     srv.port = free_port()
     srv.base = f"http://127.0.0.1:{srv.port}/fhir"
     srv.start()
