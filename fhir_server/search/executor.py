@@ -269,7 +269,7 @@ class SearchExecutor:
                     t = inner.resource_type
                     assert t is not None
                     flt = self.planner.filter(inner, resolve=resolve)
-                    for d in self.finder.find(ctx.caller, "search", t, flt, limit=MAX_RESOLVED + 1,
+                    for d in self.finder.find(ctx.caller, "include", t, flt, limit=MAX_RESOLVED + 1,
                                               projection={"_id": 1, "sp": 1, "res.meta": 1}):
                         refs.append(f"{t}/{d['_id']}")
                 if len(refs) > MAX_RESOLVED:
@@ -281,7 +281,7 @@ class SearchExecutor:
             flt = self.planner.filter(inner, resolve=resolve)
             ids: set[str] = set()
             n = 0
-            for d in self.finder.find(ctx.caller, "search", clause.resource_type, flt, limit=MAX_RESOLVED + 1,
+            for d in self.finder.find(ctx.caller, "include", clause.resource_type, flt, limit=MAX_RESOLVED + 1,
                                       projection={"_id": 1, "sp": 1, "res.meta": 1, field: 1}):
                 n += 1
                 for ref in _values(d, field):
@@ -347,7 +347,7 @@ class SearchExecutor:
                         wanted.setdefault(rt, set()).add(rid)
         found = []
         for rt, ids in wanted.items():
-            for d in self.finder.find(ctx.caller, "read", rt, {"_id": {"$in": sorted(ids)}, "del": False},
+            for d in self.finder.find(ctx.caller, "include", rt, {"_id": {"$in": sorted(ids)}, "del": False},
                                       limit=MAX_INCLUDED + 1, projection={"res": 1, "ts": 1, "sp": 1, "ix": 1,
                                                                           "del": 1}):
                 key = f"{rt}/{d['_id']}"
@@ -373,7 +373,7 @@ class SearchExecutor:
             if not codes:
                 continue
             flt = {"del": False, "$or": [{f"ix.{c}": {"$in": refs}} for c in codes]}
-            for d in self.finder.find(ctx.caller, "search", st, flt, limit=MAX_INCLUDED + 1,
+            for d in self.finder.find(ctx.caller, "include", st, flt, limit=MAX_INCLUDED + 1,
                                       projection={"res": 1, "ts": 1, "sp": 1, "ix": 1, "del": 1}):
                 key = f"{st}/{d['_id']}"
                 if key not in seen:
