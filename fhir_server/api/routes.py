@@ -262,10 +262,17 @@ async def update(request: Request, type_: str, id_: str) -> Response:
 
 
 async def _patch_body(request: Request) -> Any:
+    """A JSON Patch (application/json-patch+json) or a FHIRPath Patch Parameters (FHIR JSON/XML)."""
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype in ("application/fhir+json", "application/fhir+xml", "application/json", "application/xml"):
+        body = await read_resource(request)
+        if body.get("resourceType") != "Parameters":
+            raise BadRequest("A FHIRPath Patch body is a Parameters resource", expression="resourceType")
+        return body
     if ctype != "application/json-patch+json":
-        raise UnsupportedMediaType(f"PATCH takes application/json-patch+json, not '{ctype or 'nothing'}'",
-                                   expression="Content-Type")
+        raise UnsupportedMediaType(
+            f"PATCH takes application/json-patch+json or a FHIRPath Patch in FHIR JSON/XML, not '{ctype or 'nothing'}'",
+            expression="Content-Type")
     body = await request.body()
     try:
         return orjson.loads(body)

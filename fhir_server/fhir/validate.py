@@ -25,7 +25,7 @@ from lxml import etree
 from fhir_server.fhir import models
 from fhir_server.fhir.errors import BadRequest, InvalidResource, Issue
 
-__all__ = ["ID_RE", "Validator", "parse_json", "parse_xml", "to_xml", "safe_xml_parser"]
+__all__ = ["ID_RE", "Validator", "field_info", "parse_json", "parse_xml", "to_xml", "safe_xml_parser"]
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _REF_RE = re.compile(
@@ -293,3 +293,17 @@ def _primitive_issues(cls: type, node: dict[str, Any], path: str) -> Iterator[Is
                 if not isinstance(item, ok) or (kind != "boolean" and isinstance(item, bool)):
                     yield Issue(f"Expected a JSON {kind} for {where}, got {type(item).__name__}", "value", "error",
                                 (where,))
+
+
+@cache
+def field_info(cls: type, name: str) -> tuple[bool, Any]:
+    """(is repeating, child model class or None) of element ``name`` of model ``cls``."""
+    for fname, f in cls.model_fields.items():  # type: ignore[attr-defined]
+        if (f.alias or fname) != name:
+            continue
+        ann = f.annotation
+        is_list = "List" in str(ann) or "list[" in str(ann)
+        kinds = _field_kinds(cls)
+        kind = kinds.get(name)
+        return is_list, kind[1] if kind and kind[0] == "complex" else None
+    return False, None

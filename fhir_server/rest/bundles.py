@@ -101,8 +101,10 @@ class BundleProcessor:
         resource = entry.get("resource")
         if method in ("POST", "PUT") and not isinstance(resource, dict):
             raise BadRequest(f"{method} entries need a resource", expression=f"{where}.resource")
-        if method == "PATCH" and not (isinstance(resource, dict) and resource.get("resourceType") == "Binary"):
-            raise BadRequest("PATCH entries carry a Binary with a JSON Patch", expression=f"{where}.resource")
+        if method == "PATCH" and not (isinstance(resource, dict) and resource.get("resourceType") in ("Binary",
+                                                                                                  "Parameters")):
+            raise BadRequest("PATCH entries carry a Parameters (FHIRPath Patch) or a Binary (JSON Patch)",
+                             expression=f"{where}.resource")
         return _Entry(i, method, segs[0], rid, vid, parts.query, resource, entry.get("fullUrl"), req)
 
     # --------------------------------------------------------------------- batch
@@ -202,11 +204,13 @@ class BundleProcessor:
             return _entry_for(ctx, fhir, res, representation)
         if e.method == "PATCH":
             assert e.resource is not None
-            try:
-                ops = orjson.loads(base64.b64decode(e.resource.get("data", "")))
-            except (ValueError, orjson.JSONDecodeError) as exc:
-                raise BadRequest("PATCH entry Binary.data must be a base64 JSON Patch",
-                                 expression="resource.data") from exc
+            ops: Any = e.resource
+            if e.resource.get("resourceType") == "Binary":
+                try:
+                    ops = orjson.loads(base64.b64decode(e.resource.get("data", "")))
+                except (ValueError, orjson.JSONDecodeError) as exc:
+                    raise BadRequest("PATCH entry Binary.data must be a base64 JSON Patch",
+                                     expression="resource.data") from exc
             if not e.id:
                 raise BadRequest("PATCH entries need an id", expression="request.url")
             res = fhir.patch(ctx, e.type, e.id, ops, if_match=if_match, tx=tx)

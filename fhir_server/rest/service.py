@@ -31,6 +31,7 @@ from fhir_server.fhir.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from fhir_server.fhir.fhirpatch import apply_fhirpatch, is_fhirpatch
 from fhir_server.fhir.validate import ID_RE, Validator
 from fhir_server.rest.context import RequestContext
 from fhir_server.rest.cursor import CursorCodec
@@ -307,15 +308,25 @@ class FhirService:
     # ------------------------------------------------------------------ patch
     def patch(self, ctx: RequestContext, type_: str, id_: str, operations: Any, *,
               if_match: int | None = None, tx: Tx | None = None) -> Result:
-        """PATCH with a JSON Patch document (RFC 6902)."""
+        """PATCH with a JSON Patch document (RFC 6902, a list) or a FHIRPath Patch (a Parameters resource)."""
         self.check_type(type_)
         self.check_id(id_)
-        if not isinstance(operations, list) or not operations:
-            raise BadRequest("A JSON Patch body must be a non-empty array of operations", expression="Patch")
-        try:
-            patch = jsonpatch.JsonPatch(operations)
-        except (jsonpatch.InvalidJsonPatch, TypeError, KeyError) as exc:
-            raise BadRequest(f"Invalid JSON Patch: {exc}", expression="Patch") from exc
+        fhirpath_patch = is_fhirpatch(operations)
+        if not fhirpath_patch:
+            if not isinstance(operations, list) or not operations:
+                raise BadRequest("A JSON Patch body must be a non-empty array of operations", expression="Patch")
+            try:
+                patch = jsonpatch.JsonPatch(operations)
+            except (jsonpatch.InvalidJsonPatch, TypeError, KeyError) as exc:
+                raise BadRequest(f"Invalid JSON Patch: {exc}", expression="Patch") from exc
+
+        def apply(current: dict[str, Any]) -> dict[str, Any]:
+            if fhirpath_patch:
+                return apply_fhirpatch(current, operations)
+            try:
+                return patch.apply(current)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise Unprocessable(f"JSON Patch could not be applied: {exc}", expression="Patch") from exc
 
         def op(t: Tx) -> Result:
             cur = self.guard.current(ctx.caller, "patch", type_, id_, t)
@@ -324,10 +335,7 @@ class FhirService:
             if cur.deleted:
                 raise Gone(f"{type_}/{id_} was deleted", expression=f"{type_}/{id_}")
             self._check_if_match(type_, id_, cur, if_match)
-            try:
-                patched = patch.apply(self.full_resource(cur))
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise Unprocessable(f"JSON Patch could not be applied: {exc}", expression="Patch") from exc
+            patched = apply(self.full_resource(cur))
             if patched.get("resourceType") != type_ or patched.get("id") != id_:
                 raise Unprocessable("A patch may not change resourceType or id", expression=f"{type_}.id")
             self.validator.validate(patched, expected_type=type_)

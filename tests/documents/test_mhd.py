@@ -311,9 +311,8 @@ def test_pdsm4dmp_td2_1_replacement_supersedes_doc_x(client: Any) -> None:
     assert new["relatesTo"] == [{"code": "replaces", "target": {"reference": "DocumentReference/doc-x-id"}}]
 
 
-@pytest.mark.xfail(reason="rest/bundles.py accepts only JSON Patch (Binary) PATCH entries, not FHIRPath Patch "
-                          "(Parameters) as TD2.1 sends", strict=False)
 def test_pdsm4dmp_td2_1_as_published(client: Any) -> None:
+    """TD2.1 exactly as published: its PATCH entry is a FHIRPath Patch (Parameters)."""
     b = sample("Bundle-example-td2-1-remplacement.json")
     try:
         _seed_doc_x(client)
@@ -324,6 +323,7 @@ def test_pdsm4dmp_td2_1_as_published(client: Any) -> None:
         headers={"Content-Type": "application/json-patch+json"})
     r = client.post("/fhir", json=b)
     assert r.status_code == 200, r.text
+    assert client.get("/fhir/DocumentReference/doc-x-id").json()["status"] == "superseded"
 
 
 def test_pdsm4dmp_documents_pass_the_document_rules() -> None:
