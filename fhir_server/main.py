@@ -22,9 +22,11 @@ from fhir_server.fhir.validate import Validator
 from fhir_server.rest.capabilities import build_capability_statement
 from fhir_server.rest.context import Caller
 from fhir_server.rest.cursor import CursorCodec
-from fhir_server.rest.indexing import Indexer, MinimalIndexer
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.service import FhirService
+from fhir_server.search.executor import SearchExecutor
+from fhir_server.search.extract import Extractor
+from fhir_server.search.registry import default_registry
 from fhir_server.store.embedded import EmbeddedMongo
 from fhir_server.store.repository import Repository, connect
 
@@ -79,7 +81,9 @@ def build_services(settings: Settings) -> Services:
         uri = embedded.start()
     try:
         client = connect(uri)
-        indexer: Indexer = MinimalIndexer()
+        registry = default_registry()
+        indexer = Extractor(registry, base_url=settings.fhir_base)
+        indexer.warm_up()
         repo = Repository(client, settings.mongodb_database, binary_inline_max=settings.binary_inline_max)
         if not repo.supports_transactions:
             log.warning("MongoDB at %s has no transactions (standalone?): writes and transaction bundles "
@@ -87,10 +91,9 @@ def build_services(settings: Settings) -> Services:
         repo.ensure_base_indexes()
         policy: AccessPolicy = OpenPolicy()
         guard = Guard(repo, policy)
-        from fhir_server.rest.search import MinimalSearcher
-
-        searcher = MinimalSearcher(guard, settings.default_page_size, settings.max_page_size)
         cursors = CursorCodec(_secret(settings))
+        searcher = SearchExecutor(guard, cursors, registry=registry, default_count=settings.default_page_size,
+                                  max_count=settings.max_page_size, known_types=_TypeCache(repo))
         validator = Validator(PROJECT_ROOT / "terminologies")
         fhir = FhirService(repo, guard, validator, indexer, searcher, cursors,
                            default_count=settings.default_page_size, max_count=settings.max_page_size,
@@ -107,8 +110,8 @@ def build_services(settings: Settings) -> Services:
         raise
 
 
-# Each feature package wires itself in with ``install(services)``: it may swap the
-# searcher, indexer or policy, register operations and add routers. Listed here,
+# Each feature package wires itself in with ``install(services)``: it may add write
+# checks and listeners, swap the policy, register operations and add routers. Listed here,
 # in order; a module that does not exist yet is skipped.
 EXTENSIONS = (
     "fhir_server.search.wiring",
@@ -130,6 +133,24 @@ def _install(module_name: str, services: Services) -> None:
             return
         raise
     module.install(services)
+
+
+class _TypeCache:
+    """The resource types holding data (system-level search), refreshed every few seconds."""
+
+    def __init__(self, repo: Repository, ttl: float = 5.0) -> None:
+        self.repo = repo
+        self.ttl = ttl
+        self._at = -ttl
+        self._types: list[str] = []
+
+    def __call__(self) -> list[str]:
+        import time
+
+        if time.monotonic() - self._at > self.ttl:
+            self._types = self.repo.nonempty_types()
+            self._at = time.monotonic()
+        return list(self._types)
 
 
 def _ensure_indexes_in_background(repo: Repository) -> None:

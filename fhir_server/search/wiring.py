@@ -5,13 +5,11 @@ index declarations of ``profiles/indexes.json`` become MongoDB indexes."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from typing import Any
 
-from fhir_server.search.executor import SearchExecutor
 from fhir_server.search.extract import Extractor
-from fhir_server.search.registry import PROFILES_DIR, SearchRegistry, default_registry
+from fhir_server.search.registry import PROFILES_DIR, SearchRegistry
 from fhir_server.search.runtime import RuntimeSearchParams
 from fhir_server.store.query import QueryPlanner
 from fhir_server.store.reindex import reindex_collection
@@ -46,25 +44,12 @@ def index_specs(registry: SearchRegistry, data: dict[str, Any] | None = None) ->
 
 
 def install(services: Any) -> None:
+    """Declared indexes and runtime SearchParameters (the engine itself is built by ``main``)."""
     settings = services.settings
-    registry = default_registry()
-    extractor = Extractor(registry, base_url=settings.fhir_base)
-    extractor.warm_up()
     fhir = services.fhir
     repo = services.repo
-    cache: dict[str, Any] = {"at": 0.0, "types": []}
-
-    def known_types() -> list[str]:
-        if time.monotonic() - cache["at"] > 5:
-            cache["types"] = repo.nonempty_types()
-            cache["at"] = time.monotonic()
-        return list(cache["types"])
-
-    fhir.indexer = extractor
-    executor = SearchExecutor(fhir.guard, fhir.cursors, registry=registry,
-                              default_count=settings.default_page_size, max_count=settings.max_page_size,
-                              known_types=known_types)
-    fhir.searcher = executor
+    executor = fhir.searcher
+    registry = executor.registry
     repo._index_hook = index_specs(registry)  # noqa: SLF001 - the composition wires the store's hook
     services.extras["search_registry"] = registry
 

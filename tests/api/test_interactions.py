@@ -119,6 +119,8 @@ def test_json_patch(client: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["gender"] == "other" and r.json()["active"] is True and r.json()["meta"]["versionId"] == "2"
     r = client.patch(f"/fhir/Patient/{pid}", json=ops, headers={"Content-Type": FJ})
+    assert r.status_code == 400  # FHIR JSON means a FHIRPath Patch Parameters, not a JSON Patch array
+    r = client.patch(f"/fhir/Patient/{pid}", content=b"gender=male", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
     bad = [{"op": "replace", "path": "/gender", "value": "dragon"}]
     r = client.patch(f"/fhir/Patient/{pid}", json=bad, headers={"Content-Type": "application/json-patch+json"})

@@ -1,7 +1,4 @@
 """ITI-67 Find Document References and ITI-66 Find Lists with the PDSm search parameters.
-
-Needs the full search engine; skipped (with the reason) while the server still runs
-the minimal searcher, so these start running by themselves once the engine is wired.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ from typing import Any
 import pytest
 
 from fhir_server.main import Services
-from fhir_server.rest.search import MinimalSearcher
 
 from .test_ingest_http import INGEST, example, make_patient, with_new_id
 from .test_mhd import INS, patient, submission
@@ -32,8 +28,6 @@ CCAM = "https://smt.esante.gouv.fr/terminologie-ccam"
 def world(client: Any, services: Services) -> Iterator[dict[str, Any]]:
     """Two patients; P1 has two MHD submissions (one archived, one with an event and an end date),
     and a PDF upload; P2 one submission; a third patient a CDA document replaced by a second version."""
-    if isinstance(services.fhir.searcher, MinimalSearcher):
-        pytest.skip("the full search engine (fhir_server.search) is not wired in yet")
     p1, p2 = patient(client, "900000000000101"), patient(client, "900000000000102")
     a = submission("900000000000101")
     doc = a["entry"][1]["resource"]
