@@ -255,7 +255,7 @@ class Repository:
                  limit: int = 0, projection: dict[str, Any] | None = None,
                  tx: Tx | None = None) -> Iterator[dict[str, Any]]:
         """Like :meth:`find`, returning the stored documents themselves (for the search executor)."""
-        cursor = self.db[type_].find(filter_, projection, session=_s(tx))
+        cursor = self.db[type_].find(flatten_and(filter_), projection, session=_s(tx))
         if sort:
             cursor = cursor.sort(sort)
         if limit:
@@ -270,7 +270,7 @@ class Repository:
         if max_time_ms:
             kwargs["maxTimeMS"] = max_time_ms
         try:
-            return self.db[type_].count_documents(filter_, **kwargs)
+            return self.db[type_].count_documents(flatten_and(filter_), **kwargs)
         except ExecutionTimeout:
             return None
 
@@ -412,6 +412,37 @@ class Repository:
     def open_blob(self, key: str) -> Any:
         """A file-like GridOut (``read(n)``, ``length``) for streaming."""
         return self._fs.get(key)
+
+
+def flatten_and(filter_: dict[str, Any]) -> dict[str, Any]:
+    """``{$and: [{a: 1}, {$and: [{b: 2}]}, {$or: …}]}`` -> ``{a: 1, b: 2, $or: …}``.
+
+    The same query, written as the implicit AND of top-level fields that query
+    planners match against compound indexes most readily. Clauses whose keys collide
+    stay in a residual ``$and``.
+    """
+    if set(filter_) != {"$and"}:
+        if "$and" not in filter_:
+            return filter_
+        rest = {k: v for k, v in filter_.items() if k != "$and"}
+        return flatten_and({"$and": [rest, *filter_["$and"]]})
+    merged: dict[str, Any] = {}
+    residual: list[dict[str, Any]] = []
+    stack = list(reversed(filter_["$and"]))
+    while stack:
+        part = stack.pop()
+        if not part:
+            continue
+        if set(part) == {"$and"}:
+            stack.extend(reversed(part["$and"]))
+            continue
+        if merged.keys().isdisjoint(part):
+            merged.update(part)
+        else:
+            residual.append(part)
+    if residual:
+        merged["$and"] = residual if "$and" not in merged else [*merged["$and"], *residual]
+    return merged
 
 
 def _s(tx: Tx | None) -> ClientSession | None:
