@@ -130,7 +130,14 @@ class BundleProcessor:
         # server ids for every POST, fixed before the first attempt so retries reuse them
         new_ids = {e.index: str(uuid.uuid4()) for e in entries if e.method == "POST"}
 
+        targets: dict[str, list[str]] = {}
+        for e in entries:
+            if e.id and e.method in ("PUT", "PATCH", "DELETE"):
+                targets.setdefault(e.type, []).append(e.id)
+
         def work(tx: Tx) -> list[dict[str, Any] | None]:
+            for type_, ids in targets.items():  # one read per type instead of one per entry
+                self.fhir.repo.prefetch(tx, type_, ids)
             mapping: dict[str, str] = {}
             for e in entries:
                 if e.full_url and e.method == "POST":

@@ -35,6 +35,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -89,13 +90,22 @@ class RetryTransaction(Exception):
 
 
 class Tx:
-    """An open write transaction (opaque to callers outside ``store``)."""
+    """An open write transaction (opaque to callers outside ``store``).
 
-    __slots__ = ("session", "after_commit")
+    New documents and history rows are buffered and written in bulk (``insert_many``)
+    before any query of the transaction and at commit, so a transaction creating many
+    resources costs a few round trips, not three per resource. ``known`` holds current
+    documents prefetched (or written) in this transaction.
+    """
+
+    __slots__ = ("session", "after_commit", "pending", "history", "known")
 
     def __init__(self, session: ClientSession | None) -> None:
         self.session = session
         self.after_commit: list[Callable[[], None]] = []
+        self.pending: dict[str, dict[str, dict[str, Any]]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.known: dict[tuple[str, str], dict[str, Any] | None] = {}
 
 
 def _is_transient(exc: PyMongoError) -> bool:
@@ -194,6 +204,7 @@ class Repository:
                                           write_concern=WriteConcern("majority"))
                 try:
                     result = fn(tx)
+                    self.flush(tx)
                 except FhirError:
                     _abort(session)
                     raise
@@ -232,8 +243,51 @@ class Repository:
 
     # ------------------------------------------------------------------ reads
     def current(self, type_: str, id_: str, tx: Tx | None = None) -> Stored | None:
+        if tx is not None and tx.session is not None:
+            pending = tx.pending.get(type_, {}).get(id_)
+            if pending is not None:
+                return Stored.from_current(type_, pending)
+            if (type_, id_) in tx.known:
+                known = tx.known[(type_, id_)]
+                return Stored.from_current(type_, known) if known else None
         doc = self.db[type_].find_one({"_id": id_}, {"ix": 0}, session=_s(tx))
         return Stored.from_current(type_, doc) if doc else None
+
+    def prefetch(self, tx: Tx, type_: str, ids: list[str]) -> None:
+        """Read the current documents of ``ids`` in one query, for the transaction's later reads."""
+        if tx.session is None or not ids:
+            return
+        wanted = [i for i in ids if (type_, i) not in tx.known and i not in tx.pending.get(type_, {})]
+        if not wanted:
+            return
+        found = {d["_id"]: d for d in self.db[type_].find({"_id": {"$in": wanted}}, {"ix": 0}, session=tx.session)}
+        for i in wanted:
+            tx.known[(type_, i)] = found.get(i)
+
+    def flush(self, tx: Tx) -> None:
+        """Write the transaction's buffered documents (before its queries and at commit)."""
+        if tx.session is None:
+            return
+        pending, history = tx.pending, tx.history
+        tx.pending, tx.history = {}, []
+        for type_, docs in pending.items():
+            if not docs:
+                continue
+            try:
+                self.db[type_].insert_many(list(docs.values()), ordered=True, session=tx.session)
+            except DuplicateKeyError as exc:
+                raise Conflict(f"A {type_} in this transaction already exists") from exc
+            except BulkWriteError as exc:
+                if any(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                    raise Conflict(f"A {type_} in this transaction already exists") from exc
+                raise
+            for id_, doc in docs.items():
+                tx.known[(type_, id_)] = doc
+        if history:
+            try:
+                self.db[HISTORY].insert_many(history, ordered=True, session=tx.session)
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                raise Conflict("A version written in this transaction already exists") from exc
 
     def version(self, type_: str, id_: str, version: int) -> Stored | None:
         doc = self.db[HISTORY].find_one({"_id": f"{type_}/{id_}/{version}"})
@@ -243,6 +297,8 @@ class Repository:
              limit: int = 0, projection: dict[str, Any] | None = None, tx: Tx | None = None) -> Iterator[Stored]:
         """Current, non-deleted resources of a type matching a MongoDB filter on the stored shape."""
         query = {"del": False, **filter_}
+        if tx is not None:
+            self.flush(tx)
         cursor = self.db[type_].find(query, projection or {"ix": 0}, session=_s(tx))
         if sort:
             cursor = cursor.sort(sort)
@@ -255,6 +311,8 @@ class Repository:
                  limit: int = 0, projection: dict[str, Any] | None = None,
                  tx: Tx | None = None) -> Iterator[dict[str, Any]]:
         """Like :meth:`find`, returning the stored documents themselves (for the search executor)."""
+        if tx is not None:
+            self.flush(tx)
         cursor = self.db[type_].find(flatten_and(filter_), projection, session=_s(tx))
         if sort:
             cursor = cursor.sort(sort)
@@ -331,20 +389,22 @@ class Repository:
             hist["blob"] = blob
         if s is None:
             return self._put_without_transaction(coll, doc, hist, expected)
+        buffered = tx.pending.setdefault(type_, {})
         if expected is None:
-            try:
-                coll.insert_one(doc, session=s)
-            except DuplicateKeyError as exc:
-                raise Conflict(f"{type_}/{id_} already exists") from exc
+            if id_ in buffered or tx.known.get((type_, id_)) is not None:
+                raise Conflict(f"{type_}/{id_} already exists")
+            buffered[id_] = doc  # inserted in bulk by flush(); a duplicate key then fails the transaction
+        elif id_ in buffered:  # created earlier in this transaction: still only in the buffer
+            if buffered[id_]["v"] != expected:
+                raise Conflict(f"{type_}/{id_} was modified in this transaction (expected version {expected})")
+            buffered[id_] = doc
         else:
             found = coll.find_one_and_replace({"_id": id_, "v": expected}, doc, session=s,
                                               projection={"_id": 1}, return_document=ReturnDocument.BEFORE)
             if found is None:
                 raise Conflict(f"{type_}/{id_} was modified concurrently (expected version {expected})")
-        try:
-            self.db[HISTORY].insert_one(hist, session=s)
-        except DuplicateKeyError as exc:
-            raise Conflict(f"{type_}/{id_} version {version} already exists") from exc
+            tx.known[(type_, id_)] = doc
+        tx.history.append(hist)
         return Stored(type_, id_, version, ts, deleted, resource, owner, blob, method)
 
     def _put_without_transaction(self, coll: Any, doc: dict[str, Any], hist: dict[str, Any],
