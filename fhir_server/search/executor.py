@@ -124,7 +124,7 @@ class SearchExecutor:
         if cursor is not None and cursor.get("q") != query_key:
             raise BadRequest("The paging cursor belongs to another search", expression="_cursor")
 
-        if req.summary == "count":
+        if req.summary == "count" or (req.count == 0 and req.total != "none"):  # _count=0: how many, no rows
             total = sum(self._count(ctx, t, self._scoped(t, base_filter, compartment), accurate=True,
                                     issues=issues) or 0 for t in types)
             return self._bundle(ctx, type_, compartment, req, params, [], total, None, None, issues, query_key)
@@ -236,11 +236,12 @@ class SearchExecutor:
 
     def _projection(self, req: SearchRequest, sort: list[tuple[str, int]]) -> dict[str, Any]:
         proj: dict[str, Any] = {"res": 1, "ts": 1, "v": 1, "sp": 1, "del": 1}
+        if req.includes or req.revincludes:
+            proj["ix"] = 1  # covers the sort keys too (projecting ix and ix.x would collide)
+            return proj
         for f, _ in sort:
             if f.startswith("ix."):
                 proj[_root(f)] = 1
-        if req.includes or req.revincludes:
-            proj["ix"] = 1
         return proj
 
     def _find_page(self, ctx: Any, type_: str, flt: dict[str, Any], sort: list[tuple[str, int]], limit: int,

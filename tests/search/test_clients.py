@@ -183,8 +183,6 @@ def test_fhirpy_total(server: Server, data: dict[str, Any]) -> None:
         fc.resources("Observation").search(code=WEIGHT).count()
 
 
-@pytest.mark.xfail(strict=True, reason="_count=0 answers no Bundle.total unless _total is given; "
-                                       "fhirpy's count() reads Bundle.total of a _count=0 search")
 def test_fhirpy_count_lenient(server: Server, data: dict[str, Any]) -> None:
     from fhirpy import SyncFHIRClient
 
@@ -228,8 +226,7 @@ def test_fhirclient_include_and_revinclude(server: Server, data: dict[str, Any])
     assert obs == {*data["o1"], data["o1h"], *data["o2"]}
 
 
-# --------------------------------------------------------------------------------------- known bug
-@pytest.mark.xfail(strict=True, reason="executor projects both ix._sort_<code> and ix: 'Path collision at ix' (500)")
+# ------------------------------------------------------------------------------------ regression
 def test_include_with_sort_on_a_date(server: Server, data: dict[str, Any]) -> None:
     r = httpx.get(f"{server.base}/Observation", params={"subject": f"Patient/{data['p1']}", "code": WEIGHT,
                                                         "_sort": "-date", "_include": "Observation:subject"},
