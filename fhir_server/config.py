@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     mode: Literal["development", "production"] = Field("development", description="Run mode")
     secret_key: str | None = Field(
         None, description="Secret signing paging cursors (shared by all API processes); required in production")
+    query_split: Literal["auto", "on", "off"] = Field(
+        "auto", description="Split $or queries into index-served branches; auto = on for SecantusDB")
     binary_inline_max: int = Field(1024 * 1024, description="Binaries larger than this go to GridFS")
     documents_create_unknown_patient: bool = Field(
         False, description="$ingest-cda: create the Patient (and so the patient's space) when no Patient matches "

@@ -84,7 +84,8 @@ def build_services(settings: Settings) -> Services:
         registry = default_registry()
         indexer = Extractor(registry, base_url=settings.fhir_base)
         indexer.warm_up()
-        repo = Repository(client, settings.mongodb_database, binary_inline_max=settings.binary_inline_max)
+        repo = Repository(client, settings.mongodb_database, binary_inline_max=settings.binary_inline_max,
+                          query_split=settings.query_split)
         if not repo.supports_transactions:
             log.warning("MongoDB at %s has no transactions (standalone?): writes and transaction bundles "
                         "will answer 501; run a replica set", uri)

@@ -46,8 +46,9 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from fhir_server.fhir.errors import Conflict, FhirError, NotImplementedFeature
+from fhir_server.store.plan import QueryRunner, flatten_and
 
-__all__ = ["Repository", "RetryTransaction", "Stored", "Tx", "connect"]
+__all__ = ["Repository", "RetryTransaction", "Stored", "Tx", "connect", "flatten_and"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,7 +126,8 @@ class Repository:
     """
 
     def __init__(self, client: MongoClient[dict[str, Any]], database: str, *, binary_inline_max: int = 1 << 20,
-                 index_hook: Callable[[str], list[tuple[list[tuple[str, int]], dict[str, Any]]]] | None = None) -> None:
+                 index_hook: Callable[[str], list[tuple[list[tuple[str, int]], dict[str, Any]]]] | None = None,
+                 query_split: str = "auto") -> None:
         self.client = client
         self.db: Database[dict[str, Any]] = client.get_database(
             database,
@@ -138,6 +140,9 @@ class Repository:
         self._ensured: set[str] = set()
         self._fs = gridfs.GridFS(self.db, collection="blobs")
         self.supports_transactions = self._detect_transactions()
+        #: split $or queries into index-served branches (see store/plan.py): "auto" = for engines whose
+        #: planner does not serve $or from indexes (SecantusDB)
+        self.split_queries = query_split == "on" or (query_split == "auto" and self._engine() == "secantus")
 
     # ------------------------------------------------------------------ set-up
     def _detect_transactions(self) -> bool:
@@ -146,6 +151,23 @@ class Repository:
         except PyMongoError:
             return False
         return bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
+
+    def _engine(self) -> str:
+        try:
+            return str(self.client.admin.command("hello").get("setName") or "")
+        except PyMongoError:
+            return ""
+
+    def leading_fields(self, type_: str) -> frozenset[str]:
+        """Fields that lead an index of the type's collection (what a query can be served by)."""
+        fields = {"_id", "ts", "sp"}
+        if self._index_hook is not None:
+            fields |= {keys[0][0] for keys, _ in self._index_hook(type_) if keys}
+        return frozenset(fields)
+
+    def _runner(self, type_: str, tx: Tx | None = None, max_time_ms: int = 0) -> QueryRunner:
+        return QueryRunner(self.db[type_], self.leading_fields(type_), split=self.split_queries, session=_s(tx),
+                           max_time_ms=max_time_ms)
 
     def ensure_base_indexes(self) -> None:
         h = self.db[HISTORY]
@@ -299,12 +321,7 @@ class Repository:
         query = {"del": False, **filter_}
         if tx is not None:
             self.flush(tx)
-        cursor = self.db[type_].find(query, projection or {"ix": 0}, session=_s(tx))
-        if sort:
-            cursor = cursor.sort(sort)
-        if limit:
-            cursor = cursor.limit(limit)
-        for doc in cursor:
+        for doc in self._runner(type_, tx).find(query, projection or {"ix": 0}, sort, limit):
             yield Stored.from_current(type_, doc)
 
     def find_raw(self, type_: str, filter_: dict[str, Any], *, sort: list[tuple[str, int]] | None = None,
@@ -313,22 +330,12 @@ class Repository:
         """Like :meth:`find`, returning the stored documents themselves (for the search executor)."""
         if tx is not None:
             self.flush(tx)
-        cursor = self.db[type_].find(flatten_and(filter_), projection, session=_s(tx))
-        if sort:
-            cursor = cursor.sort(sort)
-        if limit:
-            cursor = cursor.limit(limit)
-        return iter(cursor)
+        return self._runner(type_, tx).find(filter_, projection, sort, limit)
 
     def count(self, type_: str, filter_: dict[str, Any], *, limit: int = 0, max_time_ms: int = 0) -> int | None:
         """Matching documents, or None when counting exceeded ``max_time_ms``."""
-        kwargs: dict[str, Any] = {}
-        if limit:
-            kwargs["limit"] = limit
-        if max_time_ms:
-            kwargs["maxTimeMS"] = max_time_ms
         try:
-            return self.db[type_].count_documents(flatten_and(filter_), **kwargs)
+            return self._runner(type_, max_time_ms=max_time_ms).count(filter_, limit)
         except ExecutionTimeout:
             return None
 
@@ -472,37 +479,6 @@ class Repository:
     def open_blob(self, key: str) -> Any:
         """A file-like GridOut (``read(n)``, ``length``) for streaming."""
         return self._fs.get(key)
-
-
-def flatten_and(filter_: dict[str, Any]) -> dict[str, Any]:
-    """``{$and: [{a: 1}, {$and: [{b: 2}]}, {$or: …}]}`` -> ``{a: 1, b: 2, $or: …}``.
-
-    The same query, written as the implicit AND of top-level fields that query
-    planners match against compound indexes most readily. Clauses whose keys collide
-    stay in a residual ``$and``.
-    """
-    if set(filter_) != {"$and"}:
-        if "$and" not in filter_:
-            return filter_
-        rest = {k: v for k, v in filter_.items() if k != "$and"}
-        return flatten_and({"$and": [rest, *filter_["$and"]]})
-    merged: dict[str, Any] = {}
-    residual: list[dict[str, Any]] = []
-    stack = list(reversed(filter_["$and"]))
-    while stack:
-        part = stack.pop()
-        if not part:
-            continue
-        if set(part) == {"$and"}:
-            stack.extend(reversed(part["$and"]))
-            continue
-        if merged.keys().isdisjoint(part):
-            merged.update(part)
-        else:
-            residual.append(part)
-    if residual:
-        merged["$and"] = residual if "$and" not in merged else [*merged["$and"], *residual]
-    return merged
 
 
 def _s(tx: Tx | None) -> ClientSession | None:
