@@ -615,8 +615,11 @@ def main() -> None:
             if loader.retries or loader.raw_error:
                 print(f"(raw insert_many retried {loader.retries} times after a server error; {loader.raw_error})")
             print_search(search_rows, args.n, args.clients, args.budget)
-        mc.drop_database(f"{db_name}_raw")
-        mc.drop_database(db_name)
+        for name in (f"{db_name}_raw", db_name):
+            try:
+                mc.drop_database(name)
+            except PyMongoError as exc:  # clean-up only: the figures are printed already
+                print(f"(could not drop {name}: {exc.__class__.__name__})")
     finally:
         server.stop()
         mc.close()
