@@ -44,7 +44,7 @@ from fhir_server.documents.mapping import (
     set_path,
 )
 from fhir_server.documents.narrative import to_xhtml
-from fhir_server.documents.safexml import CDA_NS, ParseLimits, parse_cda_xml
+from fhir_server.documents.safexml import CDA_NS, NAMESPACE_ADDED, ParseLimits, parse_cda_xml
 
 __all__ = [
     "ConversionResult",
@@ -602,6 +602,9 @@ class _Converter:
     def convert(self) -> ConversionResult:
         root, ctx = self.root, self.ctx
         ctx.location = "ClinicalDocument"
+        if root.get(NAMESPACE_ADDED):
+            ctx.issue("ClinicalDocument has no namespace: read as urn:hl7-org:v3", severity="warning")
+            del root.attrib[NAMESPACE_ADDED]
         patient, patient_ids = self.patient()
         authors = []
         for a in root.iterfind(_C + "author"):

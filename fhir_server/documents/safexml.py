@@ -17,7 +17,7 @@ from lxml import etree
 
 from fhir_server.fhir.errors import BadRequest, PayloadTooLarge, Unprocessable
 
-__all__ = ["ParseLimits", "parse_cda_xml", "CDA_NS", "NS"]
+__all__ = ["ParseLimits", "parse_cda_xml", "CDA_NS", "NS", "NAMESPACE_ADDED"]
 
 CDA_NS = "urn:hl7-org:v3"
 NS = {
@@ -81,6 +81,21 @@ def _check_depth(root: etree._Element, max_depth: int) -> None:
                 stack.append((child, depth + 1))
 
 
+def _into_cda_namespace(root: etree._Element) -> etree._Element:
+    """A ``ClinicalDocument`` written without its namespace (some published guide examples):
+    its un-namespaced elements are put in ``urn:hl7-org:v3``; the document is marked with
+    the attribute ``{urn:fhir-server}namespace-added`` so the converter can report it."""
+    for el in root.iter():
+        if isinstance(el.tag, str) and not el.tag.startswith("{"):
+            el.tag = f"{{{CDA_NS}}}{el.tag}"
+    etree.cleanup_namespaces(root)
+    root.set(NAMESPACE_ADDED, "true")
+    return root
+
+
+NAMESPACE_ADDED = "{urn:fhir-server}namespace-added"
+
+
 def parse_cda_xml(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._Element:
     """Parse ``data`` into the ``ClinicalDocument`` root element.
 
@@ -115,6 +130,8 @@ def parse_cda_xml(data: bytes, limits: ParseLimits = ParseLimits()) -> etree._El
         raise BadRequest("DOCTYPE declarations are not accepted in CDA documents", expression="ClinicalDocument")
     if root.tag == _XSL_STYLESHEET:
         root = _self_presenting(root)
+    if root.tag == "ClinicalDocument":
+        root = _into_cda_namespace(root)
     if root.tag != f"{{{CDA_NS}}}ClinicalDocument":
         raise Unprocessable(
             f"not a CDA document: root element is {root.tag!r}, expected {{{CDA_NS}}}ClinicalDocument",

@@ -28,7 +28,8 @@ def _is_cda(data: bytes) -> bool:
         return False
     if root.tag == "{http://www.w3.org/1999/XSL/Transform}stylesheet":  # ANS self-presenting CDA
         return root.find("*/{urn:hl7-org:v3}ClinicalDocument") is not None
-    return root.tag == "{urn:hl7-org:v3}ClinicalDocument"
+    # a ClinicalDocument written without its namespace (some HL7 guide examples) is still CDA
+    return root.tag in ("{urn:hl7-org:v3}ClinicalDocument", "ClinicalDocument")
 
 
 def _check_div(div: str) -> None:

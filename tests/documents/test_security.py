@@ -102,11 +102,11 @@ def test_depth_limit_is_configurable() -> None:
         (b"", 400),
         (b"not xml at all", 400),
         (b"<ClinicalDocument xmlns='urn:hl7-org:v3'>", 400),
-        (b"<ClinicalDocument/>", 422),
+        (b"<Document/>", 422),
         (b"<html xmlns='http://www.w3.org/1999/xhtml'/>", 422),
         (b'{"resourceType": "Patient"}', 400),
     ],
-    ids=["empty", "text", "truncated", "no-namespace", "html", "json"],
+    ids=["empty", "text", "truncated", "other-root", "html", "json"],
 )
 def test_not_cda(payload: bytes, status: int) -> None:
     with pytest.raises(FhirError) as info:
@@ -121,3 +121,11 @@ def test_bom_is_tolerated_and_kept_in_binary() -> None:
     result = convert_cda(b"\xef\xbb\xbf" + MINIMAL)
     assert base64.b64decode(result.binary["data"]).startswith(b"\xef\xbb\xbf")
     assert result.patient_identifiers == [("urn:oid:1.2.250.1.213.1.4.8", "123")]
+
+
+def test_clinical_document_without_namespace_is_read_as_cda() -> None:
+    from fhir_server.documents.cda import convert_cda
+
+    result = convert_cda(b"<ClinicalDocument><id root='1.2.3' extension='x'/><title>t</title></ClinicalDocument>")
+    assert any("no namespace" in i["diagnostics"] for i in result.issues)
+    assert result.document_reference["resourceType"] == "DocumentReference"
