@@ -139,15 +139,26 @@ class BundleProcessor:
             for type_, ids in targets.items():  # one read per type instead of one per entry
                 self.fhir.repo.prefetch(tx, type_, ids)
             mapping: dict[str, str] = {}
+            duplicates: dict[int, int] = {}  # entry index -> the earlier entry with the same ifNoneExist
             for e in entries:
                 if e.full_url and e.method == "POST":
                     mapping[e.full_url] = f"{e.type}/{new_ids[e.index]}"
                 elif e.full_url and e.method == "PUT" and e.id:
                     mapping[e.full_url] = f"{e.type}/{e.id}"
-            # conditional creates that match an existing resource point there instead
+            # conditional creates that match an existing resource point there instead; two entries
+            # with the same condition in one bundle are one resource (the first one written)
+            first_of: dict[tuple[str, str], _Entry] = {}
             for e in entries:
                 if e.method == "POST" and e.request.get("ifNoneExist"):
                     cond = parse_qsl(str(e.request["ifNoneExist"]).lstrip("?"), keep_blank_values=True)
+                    key = (e.type, self.fhir.searcher.canonical_key(e.type, cond))
+                    if key in first_of:
+                        same = first_of[key]
+                        duplicates[e.index] = same.index
+                        if e.full_url:
+                            mapping[e.full_url] = mapping.get(same.full_url or "", f"{e.type}/{new_ids[same.index]}")
+                        continue
+                    first_of[key] = e
                     found = self.fhir.searcher.match_ids(ctx, e.type, cond, tx=tx, limit=2)
                     if len(found) > 1:
                         raise PreconditionFailed(f"ifNoneExist matched {len(found)} resources",
@@ -176,6 +187,8 @@ class BundleProcessor:
 
             out: list[dict[str, Any] | None] = [None] * len(entries)
             for e in sorted(entries, key=lambda x: _ORDER[x.method]):
+                if e.index in duplicates:
+                    continue
                 if e.resource is not None:
                     e_res = _rewrite(e.resource, resolve)
                 else:
@@ -185,6 +198,8 @@ class BundleProcessor:
                     out[e.index] = self._run(ctx, run, tx, representation, new_ids.get(e.index))
                 except FhirError as exc:
                     raise _located(exc, e.index) from exc
+            for dup, first in duplicates.items():
+                out[dup] = out[first]
             return out
 
         results = self.fhir.repo.transaction(work, atomic=True)

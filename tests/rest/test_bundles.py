@@ -164,3 +164,20 @@ def test_concurrent_transactions_on_one_resource(client: Any) -> None:
     assert wins >= 1
     final = client.get(f"/fhir/Patient/{pat['id']}").json()
     assert final["meta"]["versionId"] == str(1 + wins)  # every winner's version kept, nothing lost
+
+
+def test_two_conditional_creates_with_one_condition_are_one_resource(client: Any) -> None:
+    prac = {"resourceType": "Practitioner", "identifier": [{"system": "urn:npi", "value": "same-npi"}]}
+    a, b = "urn:uuid:5a5a5a5a-1111-4111-8111-111111111111", "urn:uuid:5b5b5b5b-1111-4111-8111-111111111111"
+    bundle = tx(post(a, prac, ifNoneExist="identifier=urn:npi|same-npi"),
+                post(b, prac, ifNoneExist="identifier=urn:npi|same-npi"),
+                post("urn:uuid:5c5c5c5c-1111-4111-8111-111111111111",
+                     {"resourceType": "PractitionerRole", "practitioner": {"reference": b}}))
+    r = client.post("/fhir", json=bundle, headers=H)
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert out[0]["response"]["location"] == out[1]["response"]["location"]
+    found = client.get("/fhir/Practitioner", params={"identifier": "urn:npi|same-npi"}).json()
+    assert len(found["entry"]) == 1
+    role = client.get(out[2]["fullUrl"].replace("http://testserver", "")).json()
+    assert role["practitioner"]["reference"] == f"Practitioner/{found['entry'][0]['resource']['id']}"
