@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -36,9 +35,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import ServerProcess  # noqa: E402
 from fhir_server.documents.cda import convert_cda  # noqa: E402
 from fhir_server.fhir.errors import FhirError  # noqa: E402
-from fhir_server.store.embedded import EmbeddedMongo, free_port  # noqa: E402
+from fhir_server.store.embedded import EmbeddedMongo  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 CDA = {"Content-Type": "application/hl7-cda+xml", "Accept": "application/fhir+json"}
@@ -66,24 +66,9 @@ def pct(values: list[float], p: float) -> float:
 
 @contextmanager
 def server(uri: str) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    env = {**os.environ, "MONGODB_URI": uri, "FHIR_SERVER_PORT": str(port), "FHIR_SERVER_BASE_URL": base,
-           "FHIR_SERVER_AUTH": "off", "FHIR_SERVER_MONGODB_DATABASE": f"bench_{uuid.uuid4().hex[:8]}",
-           "FHIR_SERVER_SECRET_KEY": "bench", "FHIR_SERVER_LOG_LEVEL": "WARNING",
-           "FHIR_SERVER_DOCUMENTS_CREATE_UNKNOWN_PATIENT": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve"], env=env)
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/metadata").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    env = {"FHIR_SERVER_SECRET_KEY": "bench", "FHIR_SERVER_DOCUMENTS_CREATE_UNKNOWN_PATIENT": "true"}
+    with ServerProcess(mongo_uri=uri, database=f"bench_{uuid.uuid4().hex[:8]}", env=env, quiet=False) as srv:
+        yield srv.base
 
 
 def convert_all(docs: list[bytes], repeat: int) -> tuple[list[float], float]:

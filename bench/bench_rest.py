@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -29,7 +28,8 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fhir_server.store.embedded import EmbeddedMongo, free_port  # noqa: E402
+from bench.common import ServerProcess  # noqa: E402
+from fhir_server.store.embedded import EmbeddedMongo  # noqa: E402
 
 H = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
@@ -104,20 +104,11 @@ def main() -> None:
     if not uri:
         engine = EmbeddedMongo(":memory:")
         uri = engine.start()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "MONGODB_URI": uri, "FHIR_SERVER_PORT": str(port), "FHIR_SERVER_BASE_URL": base,
-           "FHIR_SERVER_AUTH": "off", "FHIR_SERVER_MONGODB_DATABASE": db_name, "FHIR_SERVER_SECRET_KEY": "bench",
-           "FHIR_SERVER_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve"], env=env)
+    server = ServerProcess(mongo_uri=uri, database=db_name, env={"FHIR_SERVER_SECRET_KEY": "bench"})
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/metadata").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        server.start()
+        base = server.base
         http = httpx.Client(base_url=base, headers=H, timeout=60,
                             limits=httpx.Limits(max_connections=args.clients * 2))
         n, c = args.n, args.clients
@@ -200,8 +191,7 @@ def main() -> None:
         mc.drop_database(f"{db_name}_raw")
         mc.drop_database(db_name)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
         if engine:
             engine.stop()
 

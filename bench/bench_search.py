@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -48,11 +47,12 @@ from pymongo.errors import BulkWriteError, PyMongoError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import ServerProcess  # noqa: E402
 from bench.datagen import records  # noqa: E402
 from fhir_server.search.parser import ChainClause, HasClause, parse_search  # noqa: E402
 from fhir_server.search.registry import default_registry  # noqa: E402
 from fhir_server.search.values import fold  # noqa: E402
-from fhir_server.store.embedded import EmbeddedMongo, free_port  # noqa: E402
+from fhir_server.store.embedded import EmbeddedMongo  # noqa: E402
 from fhir_server.store.query import QueryPlanner  # noqa: E402
 from fhir_server.store.repository import HISTORY, flatten_and  # noqa: E402
 
@@ -132,37 +132,6 @@ def measure(fn: Callable[[int], object], n: int, clients: int, budget: float) ->
 
 
 # ----------------------------------------------------------------------------- processes
-class Server:
-    """The FHIR server as its own uvicorn process on a fresh database."""
-
-    def __init__(self, uri: str, database: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/fhir"
-        env = {**os.environ, "MONGODB_URI": uri, "FHIR_SERVER_PORT": str(self.port),
-               "FHIR_SERVER_BASE_URL": self.base, "FHIR_SERVER_AUTH": "off",
-               "FHIR_SERVER_MONGODB_DATABASE": database, "FHIR_SERVER_SECRET_KEY": "bench",
-               "FHIR_SERVER_LOG_LEVEL": "WARNING"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve"], env=env)
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("the server exited during start-up")
-            try:
-                if httpx.get(f"{self.base}/metadata", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("the server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-
-
 # ----------------------------------------------------------------------------- ingest
 @dataclass
 class IngestRow:
@@ -584,11 +553,11 @@ def main() -> None:
         engine = EmbeddedMongo(":memory:")
         uri = engine.start()
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
-    server = Server(uri, db_name)
+    server = ServerProcess(mongo_uri=uri, database=db_name, env={"FHIR_SERVER_SECRET_KEY": "bench"}, quiet=False)
     mc: MongoClient[Doc] = MongoClient(uri, tz_aware=True)
     started = time.perf_counter()
     try:
-        server.wait()
+        server.start()
         http = httpx.Client(headers=H, timeout=300, limits=httpx.Limits(max_connections=args.clients * 2))
         db, raw = mc[db_name], mc[f"{db_name}_raw"]
         loader = Loader(http, server.base, db, raw, args.clients, args.seed, args.obs, args.upper_every)

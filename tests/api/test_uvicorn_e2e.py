@@ -3,56 +3,22 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from fhir_server.store.embedded import free_port
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.base = f"http://127.0.0.1:{port}/fhir"
-        self.database = f"e2e_{port}"
-
-    def start(self) -> None:
-        env = {**os.environ, "FHIR_SERVER_DATA_DIR": str(self.data_dir), "FHIR_SERVER_PORT": str(self.port),
-               "FHIR_SERVER_BASE_URL": self.base, "FHIR_SERVER_AUTH": "off", "FHIR_SERVER_SECRET_KEY": "e2e",
-               "FHIR_SERVER_MONGODB_DATABASE": self.database}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{self.base}/metadata", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
+from bench.common import ServerProcess
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("data"), free_port())
-    srv.start()
-    yield srv
-    srv.stop()
+    with ServerProcess(data_dir=tmp_path_factory.mktemp("data"), database=f"e2e_{uuid.uuid4().hex[:8]}") as srv:
+        yield srv
 
 
 def _engine_children(pid: int) -> set[int]:
@@ -112,8 +78,7 @@ def test_fhirclient_read_and_update(server: ServerProcess) -> None:
 
 
 def test_restart_keeps_data_and_stops_engine(tmp_path: Path) -> None:
-    srv = ServerProcess(tmp_path, free_port())
-    srv.start()
+    srv = ServerProcess(data_dir=tmp_path, database=f"e2e_{uuid.uuid4().hex[:8]}").start()
     r = httpx.post(f"{srv.base}/Patient", json={"resourceType": "Patient", "name": [{"family": "Durable"}]},
                    headers={"Content-Type": "application/fhir+json"})
     pid = r.json()["id"]
@@ -124,9 +89,7 @@ def test_restart_keeps_data_and_stops_engine(tmp_path: Path) -> None:
     srv.stop()
     time.sleep(0.5)
     assert not any(_alive(p) for p in engines), "the embedded engine must stop with the server"
-    srv.port = free_port()
-    srv.base = f"http://127.0.0.1:{srv.port}/fhir"
-    srv.start()
+    srv.start()  # same data folder and database, new process (and port)
     try:
         again = httpx.get(f"{srv.base}/Patient/{pid}").json()
         assert again["name"][0]["family"] == "Durable"

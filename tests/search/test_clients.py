@@ -6,11 +6,6 @@ The server uses the session's MongoDB wire server (``mongo_uri``) with a databas
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_server.store.embedded import free_port
+from bench.common import ServerProcess
 
 H = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 LOINC = "http://loinc.org"
@@ -26,39 +21,10 @@ WEIGHT = f"{LOINC}|29463-7"
 N_OBS = 23  # with _count=5: five pages, the last one partial
 
 
-class Server:
-    def __init__(self, mongo_uri: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/fhir"
-        self.database = f"clients_{uuid.uuid4().hex[:10]}"
-        env = {**os.environ, "MONGODB_URI": mongo_uri, "FHIR_SERVER_PORT": str(self.port),
-               "FHIR_SERVER_BASE_URL": self.base, "FHIR_SERVER_AUTH": "off", "FHIR_SERVER_SECRET_KEY": "clients",
-               "FHIR_SERVER_MONGODB_DATABASE": self.database, "FHIR_SERVER_LOG_LEVEL": "WARNING"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{self.base}/metadata", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-
 @pytest.fixture(scope="module")
-def server(mongo_uri: str, mongo_client: Any) -> Iterator[Server]:
-    srv = Server(mongo_uri)
-    yield srv
-    srv.stop()
+def server(mongo_uri: str, mongo_client: Any) -> Iterator[ServerProcess]:
+    with ServerProcess(mongo_uri=mongo_uri, database=f"clients_{uuid.uuid4().hex[:10]}") as srv:
+        yield srv
     mongo_client.drop_database(srv.database)
 
 
@@ -70,7 +36,7 @@ def _obs(subject: str, i: int, code: str = "29463-7") -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def data(server: Server) -> dict[str, Any]:
+def data(server: ServerProcess) -> dict[str, Any]:
     """Hélène (N_OBS weights, one height), HELENE written in capitals (2 weights), Noël (1 weight)."""
     entries: list[dict[str, Any]] = []
 
@@ -96,20 +62,20 @@ def data(server: Server) -> dict[str, Any]:
             "o2": [ids[f"urn:uuid:o2-{i}"] for i in range(2)], "o3": ids["urn:uuid:o3-0"]}
 
 
-def _fhirpy(server: Server) -> Any:
+def _fhirpy(server: ServerProcess) -> Any:
     from fhirpy import SyncFHIRClient
 
     return SyncFHIRClient(server.base, extra_headers={"Accept": "application/fhir+json"})
 
 
-def _fhirclient(server: Server) -> Any:
+def _fhirclient(server: ServerProcess) -> Any:
     from fhirclient import client as fclient
 
     return fclient.FHIRClient(settings={"app_id": "clients", "api_base": server.base + "/"}).server
 
 
 # ------------------------------------------------------------------------------------------ fhirpy
-def test_fhirpy_fetch_all_follows_next_links_in_sort_order(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_fetch_all_follows_next_links_in_sort_order(server: ServerProcess, data: dict[str, Any]) -> None:
     fc = _fhirpy(server)
     search = fc.resources("Observation").search(subject=f"Patient/{data['p1']}", code=WEIGHT).sort("-date").limit(5)
     first = search.fetch_raw()
@@ -118,7 +84,7 @@ def test_fhirpy_fetch_all_follows_next_links_in_sort_order(server: Server, data:
     assert found == list(reversed(data["o1"]))  # newest first, every one exactly once
 
 
-def test_fhirpy_iterates_lazily_and_ascending(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_iterates_lazily_and_ascending(server: ServerProcess, data: dict[str, Any]) -> None:
     fc = _fhirpy(server)
     search = fc.resources("Observation").search(subject=f"Patient/{data['p1']}", code=WEIGHT).sort("date").limit(4)
     seen = []
@@ -129,7 +95,7 @@ def test_fhirpy_iterates_lazily_and_ascending(server: Server, data: dict[str, An
     assert seen == data["o1"][:10]
 
 
-def test_fhirpy_accents_and_capitals(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_accents_and_capitals(server: ServerProcess, data: dict[str, Any]) -> None:
     fc = _fhirpy(server)
     for q in ("hélène", "HELENE", "Helene", "hél"):
         found = {p.id for p in fc.resources("Patient").search(name=q).fetch_all()}
@@ -138,7 +104,7 @@ def test_fhirpy_accents_and_capitals(server: Server, data: dict[str, Any]) -> No
         data["p1"], data["p2"]}
 
 
-def test_fhirpy_include_on_every_page(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_include_on_every_page(server: ServerProcess, data: dict[str, Any]) -> None:
     fc = _fhirpy(server)
     search = (fc.resources("Observation").search(code=WEIGHT).include("Observation", "subject").limit(6))
     matches: list[str] = []
@@ -162,7 +128,7 @@ def test_fhirpy_include_on_every_page(server: Server, data: dict[str, Any]) -> N
     assert sorted(r.id for r in search.fetch_all()) == sorted(matches)
 
 
-def test_fhirpy_revinclude_chain_and_has(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_revinclude_chain_and_has(server: ServerProcess, data: dict[str, Any]) -> None:
     fc = _fhirpy(server)
     bundle = fc.resources("Patient").search(_id=data["p1"]).revinclude("Observation", "subject").fetch_raw()
     assert [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"] == [data["p1"]]
@@ -174,7 +140,7 @@ def test_fhirpy_revinclude_chain_and_has(server: Server, data: dict[str, Any]) -
     assert [p.id for p in has] == [data["p1"]]
 
 
-def test_fhirpy_total(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_total(server: ServerProcess, data: dict[str, Any]) -> None:
     fc = _fhirpy(server)
     bundle = fc.resources("Observation").search(code=WEIGHT, _total="accurate").limit(5).fetch_raw()
     assert bundle["total"] == N_OBS + 3 and len(bundle["entry"]) == 5
@@ -183,7 +149,7 @@ def test_fhirpy_total(server: Server, data: dict[str, Any]) -> None:
         fc.resources("Observation").search(code=WEIGHT).count()
 
 
-def test_fhirpy_count_lenient(server: Server, data: dict[str, Any]) -> None:
+def test_fhirpy_count_lenient(server: ServerProcess, data: dict[str, Any]) -> None:
     from fhirpy import SyncFHIRClient
 
     lenient = SyncFHIRClient(server.base, extra_headers={"Accept": "application/fhir+json",
@@ -192,7 +158,7 @@ def test_fhirpy_count_lenient(server: Server, data: dict[str, Any]) -> None:
 
 
 # -------------------------------------------------------------------------------------- fhirclient
-def test_fhirclient_pages_through_results(server: Server, data: dict[str, Any]) -> None:
+def test_fhirclient_pages_through_results(server: ServerProcess, data: dict[str, Any]) -> None:
     from fhirclient.models.observation import Observation
 
     smart = _fhirclient(server)
@@ -203,7 +169,7 @@ def test_fhirclient_pages_through_results(server: Server, data: dict[str, Any]) 
     assert [o.id for o in search.perform_resources_iter(smart)] == data["o1"]
 
 
-def test_fhirclient_include_and_revinclude(server: Server, data: dict[str, Any]) -> None:
+def test_fhirclient_include_and_revinclude(server: ServerProcess, data: dict[str, Any]) -> None:
     from fhirclient.models.observation import Observation
     from fhirclient.models.patient import Patient
 
@@ -227,7 +193,7 @@ def test_fhirclient_include_and_revinclude(server: Server, data: dict[str, Any])
 
 
 # ------------------------------------------------------------------------------------ regression
-def test_include_with_sort_on_a_date(server: Server, data: dict[str, Any]) -> None:
+def test_include_with_sort_on_a_date(server: ServerProcess, data: dict[str, Any]) -> None:
     r = httpx.get(f"{server.base}/Observation", params={"subject": f"Patient/{data['p1']}", "code": WEIGHT,
                                                         "_sort": "-date", "_include": "Observation:subject"},
                   headers=H)
