@@ -491,6 +491,13 @@ def identifier(ctx: Context, el: etree._Element) -> Json | None:
     if not root and not ext:
         return None
     if not ext:
+        known = ctx.system(root, "II root") if is_oid(root) else None
+        if known and not known.startswith("urn:oid:"):
+            # the root names an identifier system (NPI, INS, RPPS…) whose value is missing or
+            # null-flavoured: not an identifier of this object, and never a deduplication key
+            ctx.issue(f"II with the identifier system {known} but no value: identifier skipped",
+                      severity="information", code="incomplete")
+            return None
         if is_oid(root):
             return {"system": "urn:ietf:rfc:3986", "value": "urn:oid:" + root}
         if is_uuid(root):

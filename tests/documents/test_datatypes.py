@@ -195,3 +195,18 @@ def test_tel(xml: str, expected: dict | None) -> None:
 def test_address_french_parts() -> None:
     xml = "<x use=\"H\"><houseNumber>25</houseNumber><streetName>Rue Pasteur</streetName><postalCode>92100</postalCode><city>EVRY</city></x>"
     assert run("AD", xml)[0] == {"use": "home", "line": ["25 Rue Pasteur"], "city": "EVRY", "postalCode": "92100"}
+
+
+def test_identifier_system_without_value_is_not_an_identifier() -> None:
+    """<id root="2.16.840.1.113883.4.6" nullFlavor="UNK"/> is "NPI unknown": it identifies nobody,
+    and must never become a deduplication key shared by every practitioner without an NPI."""
+    from lxml import etree
+
+    from fhir_server.documents.datatypes import DATATYPES, Context
+
+    ctx = Context()
+    el = etree.fromstring('<id xmlns="urn:hl7-org:v3" root="2.16.840.1.113883.4.6" nullFlavor="UNK"/>')
+    assert DATATYPES["II"](ctx, el) is None
+    assert any("no value" in i["diagnostics"] for i in ctx.issues)
+    local = etree.fromstring('<id xmlns="urn:hl7-org:v3" root="1.2.3.4.5.6.7.8"/>')
+    assert DATATYPES["II"](Context(), local) == {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4.5.6.7.8"}
