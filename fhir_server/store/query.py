@@ -175,9 +175,14 @@ class QueryPlanner:
         if resolve is None:
             raise NotImplementedFeature(f"'{clause.name}' needs a search executor to resolve it",
                                         expression=clause.name)
-        found = list(resolve(clause))
+        resolved = resolve(clause)
+        found = list(resolved)
         if isinstance(clause, ChainClause):
-            return {clause.param.field: {"$in": found}}
+            flt: Filter = {clause.param.field: {"$in": found}}
+            owners = getattr(resolved, "owners", None)
+            if owners is not None:  # implied by the references (see SearchExecutor): lets sp indexes serve it
+                flt["sp"] = {"$in": list(owners)}
+            return flt
         return {"_id": {"$in": found}}
 
     def sort(self, request: SearchRequest) -> list[tuple[str, int]]:
