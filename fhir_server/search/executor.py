@@ -25,7 +25,6 @@ from urllib.parse import urlencode
 
 from fhir_server.fhir import models
 from fhir_server.fhir.errors import BadRequest, Issue
-from fhir_server.fhir.validate import field_info
 from fhir_server.search.parser import (
     RESULT_PARAMS,
     ChainClause,
@@ -68,12 +67,6 @@ class Codec(Protocol):
     def decode(self, token: str, *, param: str = "_cursor") -> dict[str, Any]: ...
 
 
-class _Refs(list[str]):
-    """Resolved chain references; ``owners``: the owning spaces they imply, when they do."""
-
-    owners: list[str] | None = None
-
-
 @dataclass
 class _Page:
     type: str
@@ -107,7 +100,7 @@ class SearchExecutor:
         req = parse_search(type_, params, registry=self.registry, base_url=ctx.base_url)
         if not req.clauses:
             raise BadRequest("A conditional interaction needs at least one search criterion", expression="url")
-        flt = self.planner.filter(req, resolve=self._resolver(ctx, type_))
+        flt = self.planner.filter(req, resolve=self._resolver(ctx))
         docs = self.finder.find(ctx.caller, "search", type_, flt, limit=limit, projection={"_id": 1, "sp": 1,
                                                                                           "res.meta": 1}, tx=tx)
         return [d["_id"] for d in docs]
@@ -118,7 +111,7 @@ class SearchExecutor:
         req = parse_search(type_, params, registry=self.registry, lenient=ctx.lenient, base_url=ctx.base_url)
         count = self.default_count if req.count is None else min(req.count, self.max_count)
         types = self._types(req, type_)
-        base_filter = self.planner.filter(req, resolve=self._resolver(ctx, type_))
+        base_filter = self.planner.filter(req, resolve=self._resolver(ctx))
         issues: list[Issue] = [Issue(f"Parameter '{i.name}' ignored: {i.reason}", "not-supported", "warning",
                                      (i.name,)) for i in req.ignored]
         query_key = self._query_key(type_, compartment, req, params)
@@ -269,24 +262,7 @@ class SearchExecutor:
                                 ("_total",)))
         return n
 
-    def _owner_param(self, type_: str) -> str | None:
-        """The parameter whose Patient reference is always the owning space (``sp``) of a
-        ``type_`` resource: the first Patient-compartment parameter, when it is a plain path
-        to a single-valued element. A chain on it may add ``sp`` to the query."""
-        codes = self.registry.compartment_params(type_)
-        if not codes or type_ == "Patient":  # a Patient owns itself
-            return None
-        p = self.registry.get(type_, codes[0])
-        if p is None or p.type != "reference":
-            return None
-        parts = p.expression.split(".")
-        if len(parts) != 2 or parts[0] != type_ or not parts[1].isidentifier():
-            return None
-        is_list, _ = field_info(models.model_class(type_), parts[1])
-        return None if is_list else p.code
-
-    def _resolver(self, ctx: Any, outer_type: str | None = None) -> Callable[[ChainClause | HasClause],
-                                                                             Sequence[str]]:
+    def _resolver(self, ctx: Any) -> Callable[[ChainClause | HasClause], Sequence[str]]:
         def resolve(clause: ChainClause | HasClause) -> Sequence[str]:
             if isinstance(clause, ChainClause):
                 refs: list[str] = []
@@ -300,11 +276,7 @@ class SearchExecutor:
                 if len(refs) > MAX_RESOLVED:
                     raise BadRequest(f"The chained criterion '{clause.name}' matches more than {MAX_RESOLVED} "
                                      "resources; make it more selective", expression=clause.name)
-                out = _Refs(refs)
-                if outer_type and self._owner_param(outer_type) == clause.param.code and \
-                        all(r.startswith("Patient/") for r in refs):
-                    out.owners = [r[len("Patient/"):] for r in refs]
-                return out
+                return refs
             inner = clause.inner
             field = clause.param.field
             flt = self.planner.filter(inner, resolve=resolve)

@@ -175,14 +175,9 @@ class QueryPlanner:
         if resolve is None:
             raise NotImplementedFeature(f"'{clause.name}' needs a search executor to resolve it",
                                         expression=clause.name)
-        resolved = resolve(clause)
-        found = list(resolved)
+        found = list(resolve(clause))
         if isinstance(clause, ChainClause):
-            flt: Filter = {clause.param.field: {"$in": found}}
-            owners = getattr(resolved, "owners", None)
-            if owners is not None:  # implied by the references (see SearchExecutor): lets sp indexes serve it
-                flt["sp"] = {"$in": list(owners)}
-            return flt
+            return {clause.param.field: {"$in": found}}
         return {"_id": {"$in": found}}
 
     def sort(self, request: SearchRequest) -> list[tuple[str, int]]:

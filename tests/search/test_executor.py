@@ -210,27 +210,3 @@ def test_capability_lists_search_params(client: Any) -> None:
     assert "Observation:subject" in obs["searchInclude"]
     pat = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
     assert "Observation:subject" in pat["searchRevInclude"]
-
-
-def test_chain_on_the_owner_parameter_also_narrows_by_space(client: Any, data: dict[str, Any],
-                                                             services: Any) -> None:
-    """subject:Patient.x implies the owning space: the query carries sp too (index-served), same results."""
-    seen: list[dict[str, Any]] = []
-    repo = services.repo
-    real = repo.find_raw
-
-    def spy(type_: str, filter_: dict[str, Any], **kw: Any) -> Any:
-        if type_ == "Observation":
-            seen.append(filter_)
-        return real(type_, filter_, **kw)
-
-    repo.find_raw = spy
-    try:
-        b = client.get("/fhir/Observation", params={"subject:Patient.name": "martin", "_count": 100}).json()
-        b2 = client.get("/fhir/Observation", params={"performer:Patient.name": "martin", "_count": 100}).json()
-    finally:
-        repo.find_raw = real
-    assert set(ids(b)) == set(data["obs"][20:])
-    assert ids(b2) == []
-    assert "'sp': {'$in': [" in str(seen[0])
-    assert "'sp'" not in str(seen[1])  # performer does not decide the owning space
