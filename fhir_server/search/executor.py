@@ -34,6 +34,7 @@ from fhir_server.search.parser import (
     parse_search,
 )
 from fhir_server.search.registry import SearchRegistry, default_registry
+from fhir_server.store.plan import get_path
 from fhir_server.store.query import QueryPlanner, compartment_filter
 
 __all__ = ["SearchExecutor", "Finder", "MAX_RESOLVED", "MAX_INCLUDED"]
@@ -503,30 +504,15 @@ def _scalar_sort_field(field: str) -> bool:
     return field in ("ts", "_id") or (field.startswith("ix._sort_") and field[-2:] in (".0", ".1"))
 
 
-def _get(doc: dict[str, Any], field: str) -> Any:
-    cur: Any = doc
-    for part in field.split("."):
-        if isinstance(cur, list) and part.isdigit():
-            i = int(part)
-            cur = cur[i] if i < len(cur) else None
-        elif isinstance(cur, dict):
-            cur = cur.get(part)
-        else:
-            return None
-        if cur is None:
-            return None
-    return cur
-
-
 def _values(doc: dict[str, Any], field: str) -> list[Any]:
-    v = _get(doc, field)
+    v = get_path(doc, field)
     if v is None:
         return []
     return v if isinstance(v, list) else [v]
 
 
 def _keys(doc: dict[str, Any], sort: list[tuple[str, int]]) -> list[Any]:
-    return [_get(doc, f) for f, _ in sort]
+    return [get_path(doc, f) for f, _ in sort]
 
 
 def _after(sort: list[tuple[str, int]], encoded: list[Any], backwards: bool) -> dict[str, Any]:

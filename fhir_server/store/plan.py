@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-__all__ = ["flatten_and", "dnf", "QueryRunner"]
+__all__ = ["flatten_and", "dnf", "get_path", "QueryRunner"]
 
 Filter = dict[str, Any]
 MAX_BRANCHES = 16
@@ -170,7 +170,8 @@ def prefilter(branch: Filter, leading: frozenset[str]) -> Filter | None:
 
 
 # ------------------------------------------------------------------ ordering
-def _get(doc: Any, path: str) -> Any:
+def get_path(doc: Any, path: str) -> Any:
+    """The value at a dotted path (numeric parts index arrays); None when absent."""
     cur = doc
     for part in path.split("."):
         if isinstance(cur, list) and part.isdigit():
@@ -203,7 +204,7 @@ def _rank(v: Any) -> tuple[Any, ...]:
 
 
 def _sort_value(doc: Any, field: str, descending: bool) -> tuple[Any, ...]:
-    v = _get(doc, field)
+    v = get_path(doc, field)
     if isinstance(v, list):
         if not v:
             return (0, 0)

@@ -34,13 +34,17 @@ def _own_parameters() -> set[tuple[str, str]]:
     return own
 
 
+def _spec(name: str) -> Any:
+    """A file of ../shared/fhir-r4, or a skip with the reason when the shared folder is absent."""
+    path = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-r4" / name
+    if not path.is_file():
+        pytest.skip(f"FHIR R4 definitions not present at {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="module")
 def spec_params(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-r4" / "search-parameters.json"
-    if not shared.is_file():
-        pytest.skip(f"FHIR R4 definitions not present at {shared}")
-    bundle = json.loads(shared.read_text(encoding="utf-8"))
-    return [e["resource"] for e in bundle["entry"]]
+    return [e["resource"] for e in _spec("search-parameters.json")["entry"]]
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +109,7 @@ def test_nothing_in_the_registry_that_the_spec_does_not_define(
 
 
 def test_patient_compartment_matches_the_spec(registry: SearchRegistry) -> None:
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-r4" / "compartmentdefinition-patient.json"
-    if not shared.is_file():
-        pytest.skip(f"FHIR R4 definitions not present at {shared}")
-    cd = json.loads(shared.read_text(encoding="utf-8"))
+    cd = _spec("compartmentdefinition-patient.json")
     expected = {r["code"]: tuple(r["param"]) for r in cd["resource"] if r.get("param") and r["code"] in registry.types()}
     assert dict(registry.compartment) == expected
     for type_, codes in registry.compartment.items():
