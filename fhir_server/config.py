@@ -19,6 +19,9 @@ __all__ = ["Settings", "get_settings", "PROJECT_ROOT"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+_PLACEHOLDER_SECRETS = frozenset({"change-me-in-production", "changeme", "secret", "test-secret"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
 
@@ -75,8 +78,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:
-        if self.mode == "production" and not self.secret_key:
-            raise ValueError("FHIR_SERVER_SECRET_KEY is required in production mode")
+        if self.mode == "production" and (not self.secret_key or self.secret_key in _PLACEHOLDER_SECRETS
+                                          or len(self.secret_key) < 16):
+            raise ValueError("FHIR_SERVER_SECRET_KEY is required in production mode: a real secret of at least "
+                             "16 characters, not a placeholder")
         if self.mode == "production" and self.auth == "off":
             raise ValueError("FHIR_SERVER_AUTH=off is refused in production mode")
         if self.mode == "production" and not self.auth_signing_key:

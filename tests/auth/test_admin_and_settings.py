@@ -115,10 +115,15 @@ def test_cli_admin(mongo_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_production_refusals(tmp_path: Path) -> None:
+    strong = "a-real-secret-of-32-characters!!"
     with pytest.raises(ValidationError, match="AUTH=off"):
-        Settings(mode="production", secret_key="s", auth="off", auth_signing_key=tmp_path / "k.pem")
+        Settings(mode="production", secret_key=strong, auth="off", auth_signing_key=tmp_path / "k.pem")
     with pytest.raises(ValidationError, match="SIGNING_KEY"):
-        Settings(mode="production", secret_key="s", auth="on")
+        Settings(mode="production", secret_key=strong, auth="on")
+    for weak in (None, "s", "change-me-in-production"):  # docker-compose's placeholder included
+        with pytest.raises(ValidationError, match="SECRET_KEY"):
+            Settings(mode="production", secret_key=weak, auth="on", auth_signing_key=tmp_path / "k.pem")
+    Settings(mode="production", secret_key=strong, auth="on", auth_signing_key=tmp_path / "k.pem")
     with pytest.raises(ValidationError):
         Settings(auth_backend_token_lifetime=900)
     from fhir_server.auth.keys import load_signing_key
