@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HISTORY = "history"
+#: fields leading an index of the history collection (see ensure_base_indexes)
+_HISTORY_LEADING = frozenset({"_id", "t", "ts"})
 _MAX_TX_SECONDS = 30.0
 
 
@@ -367,7 +369,8 @@ class Repository:
             q["ts"] = ts
         if before:
             q["$or"] = [{"ts": {"$lt": before[0]}}, {"ts": before[0], "_id": {"$lt": before[1]}}]
-        docs = self.db[HISTORY].find(q).sort([("ts", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        runner = QueryRunner(self.db[HISTORY], _HISTORY_LEADING, split=self.split_queries)
+        docs = runner.find(q, None, [("ts", DESCENDING), ("_id", DESCENDING)], limit)
         rows = [Stored.from_history(d) for d in docs]
         if at:
             # _at: the version current at that instant, one per resource
