@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -35,10 +34,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ServerProcess  # noqa: E402
+from bench.common import ServerProcess, pct, start_engine  # noqa: E402
 from fhir_server.documents.cda import convert_cda  # noqa: E402
 from fhir_server.fhir.errors import FhirError  # noqa: E402
-from fhir_server.store.embedded import EmbeddedMongo  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 CDA = {"Content-Type": "application/hl7-cda+xml", "Accept": "application/fhir+json"}
@@ -57,11 +55,6 @@ def corpora() -> dict[str, list[bytes]]:
     return out
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
 
 
 @contextmanager
@@ -112,11 +105,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=1, help="conversion-only repetitions")
     args = ap.parse_args()
-    engine = None
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        engine = EmbeddedMongo(":memory:")
-        uri = engine.start()
+    uri, engine = start_engine()
     rows = []
     notes: list[str] = []
     try:

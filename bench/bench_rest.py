@@ -28,8 +28,7 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ServerProcess  # noqa: E402
-from fhir_server.store.embedded import EmbeddedMongo  # noqa: E402
+from bench.common import ServerProcess, pct, start_engine  # noqa: E402
 
 H = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
@@ -74,9 +73,6 @@ def docref(pid: str, bid: str) -> dict[str, Any]:
                                         "size": 200 * 1024, "title": "Compte rendu"}}]}
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
 
 
 def run(name: str, fn: Callable[[int], None], n: int, clients: int) -> dict[str, Any]:
@@ -99,11 +95,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--n", type=int, default=300)
     args = ap.parse_args()
-    engine = None
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        engine = EmbeddedMongo(":memory:")
-        uri = engine.start()
+    uri, engine = start_engine()
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
     server = ServerProcess(mongo_uri=uri, database=db_name, env={"FHIR_SERVER_SECRET_KEY": "bench"})
     try:

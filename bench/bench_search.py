@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,12 +47,11 @@ from pymongo.errors import BulkWriteError, PyMongoError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ServerProcess  # noqa: E402
+from bench.common import ServerProcess, pct, start_engine  # noqa: E402
 from bench.datagen import records  # noqa: E402
 from fhir_server.search.parser import ChainClause, HasClause, parse_search  # noqa: E402
 from fhir_server.search.registry import default_registry  # noqa: E402
 from fhir_server.search.values import fold  # noqa: E402
-from fhir_server.store.embedded import EmbeddedMongo  # noqa: E402
 from fhir_server.store.query import QueryPlanner  # noqa: E402
 from fhir_server.store.repository import HISTORY, flatten_and  # noqa: E402
 
@@ -71,11 +70,6 @@ Doc = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- measuring
-def pct(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] * 1000
-
-
 @dataclass
 class Timing:
     lat: list[float] = field(default_factory=list)
@@ -547,11 +541,7 @@ def main() -> None:
     ap.add_argument("--explain", action="store_true", help="print the query plans at each size")
     args = ap.parse_args()
     sizes = sorted(int(x) for x in args.sizes.split(","))
-    engine = None
-    uri = os.environ.get("MONGODB_URI")
-    if not uri:
-        engine = EmbeddedMongo(":memory:")
-        uri = engine.start()
+    uri, engine = start_engine()
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
     server = ServerProcess(mongo_uri=uri, database=db_name, env={"FHIR_SERVER_SECRET_KEY": "bench"}, quiet=False)
     mc: MongoClient[Doc] = MongoClient(uri, tz_aware=True)

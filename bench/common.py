@@ -12,9 +12,26 @@ from typing import Any
 
 import httpx
 
-from fhir_server.store.embedded import free_port
+from fhir_server.store.embedded import EmbeddedMongo, free_port
 
-__all__ = ["ServerProcess"]
+__all__ = ["ServerProcess", "pct", "start_engine"]
+
+
+def start_engine() -> tuple[str, EmbeddedMongo | None]:
+    """``MONGODB_URI`` when set, else a throw-away SecantusDB process (stop it when done)."""
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        return uri, None
+    engine = EmbeddedMongo(":memory:")
+    return engine.start(), engine
+
+
+def pct(values: Any, p: float) -> float:
+    """The ``p``-th percentile of durations in seconds, in milliseconds (nan when empty)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] * 1000
 
 
 class ServerProcess:
