@@ -50,7 +50,7 @@ def install(services: Any) -> None:
     repo = services.repo
     executor = fhir.searcher
     registry = executor.registry
-    repo._index_hook = index_specs(registry)  # noqa: SLF001 - the composition wires the store's hook
+    repo.set_index_hook(index_specs(registry))
     services.extras["search_registry"] = registry
 
     def apply(write: SearchRegistry, read: SearchRegistry) -> None:

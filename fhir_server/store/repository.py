@@ -140,6 +140,7 @@ class Repository:
         self.binary_inline_max = binary_inline_max
         self._index_hook = index_hook
         self._ensured: set[str] = set()
+        self._leading: dict[str, frozenset[str]] = {}
         self._fs = gridfs.GridFS(self.db, collection="blobs")
         self.supports_transactions = self._detect_transactions()
         #: split $or queries into index-served branches (see store/plan.py): "auto" = for engines whose
@@ -160,12 +161,21 @@ class Repository:
         except PyMongoError:
             return ""
 
+    def set_index_hook(self, hook: Callable[[str], list[tuple[list[tuple[str, int]], dict[str, Any]]]]) -> None:
+        """Declare the extra indexes of each type (``type -> [(keys, options)]``), created by ensure_type."""
+        self._index_hook = hook
+        self._leading.clear()
+        self._ensured.clear()
+
     def leading_fields(self, type_: str) -> frozenset[str]:
         """Fields that lead an index of the type's collection (what a query can be served by)."""
-        fields = {"_id", "ts", "sp"}
-        if self._index_hook is not None:
-            fields |= {keys[0][0] for keys, _ in self._index_hook(type_) if keys}
-        return frozenset(fields)
+        cached = self._leading.get(type_)
+        if cached is None:
+            fields = {"_id", "ts", "sp"}
+            if self._index_hook is not None:
+                fields |= {keys[0][0] for keys, _ in self._index_hook(type_) if keys}
+            cached = self._leading[type_] = frozenset(fields)
+        return cached
 
     def _runner(self, type_: str, tx: Tx | None = None, max_time_ms: int = 0) -> QueryRunner:
         return QueryRunner(self.db[type_], self.leading_fields(type_), split=self.split_queries, session=_s(tx),
