@@ -67,6 +67,10 @@ class Services:
                                                           self.fhir.searcher, security=self.security)
         return self._capability
 
+    def invalidate_capability(self) -> None:
+        """Regenerate the CapabilityStatement on next request (parameters or security changed)."""
+        self._capability = None
+
     def close(self) -> None:
         self.repo.client.close()
         if self.embedded is not None:

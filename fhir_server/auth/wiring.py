@@ -170,7 +170,7 @@ def install(services: Any) -> None:
 
     services.authenticator = authenticate
     services.security = auth.security()
-    services._capability = None
+    services.invalidate_capability()
 
     from fhir_server.api.auth_routes import build_router
 

@@ -58,7 +58,7 @@ def install(services: Any) -> None:
         executor.registry = read
         executor.planner = QueryPlanner(read)
         services.extras["search_registry"] = read
-        services._capability = None  # noqa: SLF001 - regenerated with the new parameters
+        services.invalidate_capability()
 
     def reindex(type_: str, ex: Extractor, since: datetime | None) -> None:
         reindex_collection(repo.db, type_, ex, since=since)
